@@ -1,0 +1,58 @@
+"""Stage `prepare@<size>`: decode and resize every image of the split once.
+
+Training then reads uint8 arrays (`data/prepared/<size>px/<split>.npz`: images NHWC,
+labels 0 = cat, 1 = dog) and never decodes a JPEG again.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.data.download import CLASSES
+from pipeline.data.split import SPLIT_FILE, SPLITS, read_split
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_dir
+
+PREPARED_DIR = Path("data/prepared")
+
+
+def prepared_dir(image_size: int, root: Path = PREPARED_DIR) -> Path:
+    return root / f"{image_size}px"
+
+
+def load_image(path: str, image_size: int) -> np.ndarray:
+    with Image.open(path) as image:
+        # Bilinear, like keras.utils.image_dataset_from_directory; aspect ratio not kept, as the book.
+        image = image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+
+
+def run_prepare(image_size: int, split_file: Path = SPLIT_FILE, root: Path = PREPARED_DIR) -> Path:
+    frame = read_split(split_file)
+    out = prepared_dir(image_size, root)
+    with atomic_dir(out) as tmp, ThreadPoolExecutor() as pool:
+        for split in SPLITS:
+            rows = frame[frame["split"] == split]
+            if rows.empty:
+                raise PipelineError(f"{split_file}: the {split} split is empty; rerun the split stage")
+            images = np.stack(list(tqdm(
+                pool.map(lambda p: load_image(p, image_size), rows["path"]),
+                total=len(rows), desc=f"prepare {split} {image_size}px", unit="img",
+            )))
+            labels = rows["label"].map(CLASSES.index).to_numpy(np.uint8)
+            np.savez(tmp / f"{split}.npz", images=images, labels=labels)
+    print(f"wrote {out}")
+    return out
+
+
+def load_prepared(image_size: int, split: str, root: Path = PREPARED_DIR) -> tuple[np.ndarray, np.ndarray]:
+    path = prepared_dir(image_size, root) / f"{split}.npz"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found; run `dvc repro prepare@{image_size}` first")
+    with np.load(path) as arrays:
+        return arrays["images"], arrays["labels"]

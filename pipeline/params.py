@@ -1,0 +1,200 @@
+"""The typed, validated view of params.yaml: the one place a bad value is caught.
+
+Every stage calls `load_params()` before doing any work, so a typo or an out-of-range
+value is one clear error naming the key, never a crash halfway through a stage.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import PipelineError
+
+PARAMS_FILE = Path("params.yaml")
+
+# The book's from-scratch convnet has four valid 3x3 convs, each followed by a 2x2 pool:
+# 46 px is the smallest input that leaves a 1x1 map. VGG16's five pools need 32 px.
+MIN_SCRATCH_IMAGE_SIZE = 46
+MIN_BASE_IMAGE_SIZE = 32
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+LearningRate = Annotated[float, Field(gt=0, lt=1)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class Section(BaseModel):
+    # extra="forbid" is what turns a typo in params.yaml into an error instead of a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    source: str = Field(min_length=1)
+    sha256: str = Field(default="", pattern=r"^([0-9a-fA-F]{64})?$")
+
+
+class SplitParams(Section):
+    train: PositiveInt = 1000
+    validation: PositiveInt = 500
+    test: PositiveInt = 500
+    order: Literal["book", "shuffle"] = "book"
+    seed: int = 42
+
+    def counts(self) -> dict[str, int]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+
+class PrepareParams(Section):
+    image_sizes: list[Annotated[int, Field(ge=MIN_BASE_IMAGE_SIZE, le=1024)]] = Field(min_length=1)
+
+
+class ScratchParams(Section):
+    image_size: Annotated[int, Field(ge=MIN_SCRATCH_IMAGE_SIZE)] = 150
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    steps_per_epoch: NonNegativeInt = 0
+    learning_rate: LearningRate
+    dropout: Fraction = 0.0
+
+
+class HeadParams(Section):
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    learning_rate: LearningRate
+    dense_units: PositiveInt = 256
+    dropout: Fraction = 0.0
+
+
+class FrozenAugParams(Section):
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    steps_per_epoch: NonNegativeInt = 0
+    learning_rate: LearningRate
+    dense_units: PositiveInt = 256
+
+
+class FinetuneParams(Section):
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    steps_per_epoch: NonNegativeInt = 0
+    learning_rate: LearningRate
+
+
+class TrainParams(Section):
+    seed: int = 42
+    deterministic: bool = False
+    baseline: ScratchParams
+    augmented: ScratchParams
+    features: HeadParams
+    frozen_aug: FrozenAugParams
+    finetune: FinetuneParams
+
+
+class AugmentationParams(Section):
+    rotation_degrees: Annotated[float, Field(ge=0, le=180)] = 40
+    width_shift: Fraction = 0.2
+    height_shift: Fraction = 0.2
+    shear_degrees: Annotated[float, Field(ge=0, lt=90)] = 0.2
+    zoom: Fraction = 0.2
+    horizontal_flip: bool = True
+
+
+class BaseParams(Section):
+    image_size: Annotated[int, Field(ge=MIN_BASE_IMAGE_SIZE)]
+    weights: str = Field(default="imagenet", min_length=1)
+    pooling: Literal["flatten", "avg"] = "flatten"
+    finetune_from: str = Field(min_length=1)
+
+
+KNOWN_BASES = ("vgg16", "efficientnet_lite0")
+
+
+class PretrainedParams(Section):
+    bases: dict[str, BaseParams]
+
+    @model_validator(mode="after")
+    def _known_bases(self) -> PretrainedParams:
+        for name in self.bases:
+            if name not in KNOWN_BASES:
+                raise ValueError(f"unknown conv base {name!r}; known: {', '.join(KNOWN_BASES)}")
+        return self
+
+
+class Params(Section):
+    data: DataParams
+    split: SplitParams
+    prepare: PrepareParams
+    train: TrainParams
+    augmentation: AugmentationParams
+    pretrained: PretrainedParams
+
+    @model_validator(mode="after")
+    def _sizes_are_prepared(self) -> Params:
+        # A model can only read arrays that a prepare@<size> stage makes.
+        wanted = {
+            "train.baseline.image_size": self.train.baseline.image_size,
+            "train.augmented.image_size": self.train.augmented.image_size,
+        }
+        for name, base in self.pretrained.bases.items():
+            wanted[f"pretrained.bases.{name}.image_size"] = base.image_size
+        for key, size in wanted.items():
+            if size not in self.prepare.image_sizes:
+                raise ValueError(
+                    f"{key} is {size}, but prepare.image_sizes {self.prepare.image_sizes} "
+                    f"does not list it: add {size} to prepare.image_sizes"
+                )
+        return self
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    """One line for one pydantic error: the dotted key, what is wrong, what to do."""
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        known = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+        return f"unknown key {key!r}: {hint}"
+    if error["type"] == "missing":
+        return f"missing key {key!r}"
+    got = error.get("input")
+    got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message}{got_text}"
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    """The field names of the section at `loc`, for did-you-mean hints."""
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif part in KNOWN_BASES or model is PretrainedParams:
+            model = BaseParams
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; raise PipelineError naming the file and key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: not found; run from the project root") from None
+    except yaml.YAMLError as exc:
+        raise PipelineError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(error, Params) for error in exc.errors()]
+        raise PipelineError(f"{path}: " + "; ".join(problems)) from None
