@@ -1,0 +1,129 @@
+import hashlib
+import json
+import zipfile
+
+import pytest
+from synthetic import corrupt_jpeg, write_archive
+
+from pipeline.data.download import run_download
+from pipeline.data.fetch import fetch_archive
+from pipeline.errors import PipelineError
+
+
+@pytest.fixture
+def outputs(tmp_path):
+    return {"images_dir": tmp_path / "data/images", "report_file": tmp_path / "reports/download.json"}
+
+
+def fetch_over_http(server, name, **kwargs):
+    kwargs.setdefault("cache_dir", server.directory.parent / "cache")
+    kwargs.setdefault("backoff_seconds", 0)
+    return fetch_archive(f"{server.url}/{name}", **kwargs)
+
+
+@pytest.mark.parametrize("layout", ["kaggle", "microsoft"])
+def test_http_download_of_both_layouts(archive_server, outputs, layout):
+    archive = write_archive(archive_server.directory / f"{layout}.zip", layout=layout, per_class=6)
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    source = f"{archive_server.url}/{layout}.zip"
+    report = run_download(source, sha, **outputs)
+    assert report["layout"] == layout
+    assert report["classes"]["cat"]["valid"] == report["classes"]["dog"]["valid"] == 6
+    assert sorted(p.name for p in (outputs["images_dir"] / "dog").iterdir()) == [f"{i}.jpg" for i in range(6)]
+    assert json.loads(outputs["report_file"].read_text())["classes"] == report["classes"]
+
+
+def test_bad_images_are_skipped_and_counted_per_class(archive_server, outputs):
+    bad = {("cat", 1): b"", ("cat", 2): corrupt_jpeg(), ("dog", 3): b"<html>not an image</html>"}
+    write_archive(archive_server.directory / "ms.zip", layout="microsoft", per_class=8, bad=bad,
+                  extra={"PetImages/Cat/Thumbs.db": b"\x00" * 10})
+    report = run_download(f"{archive_server.url}/ms.zip", **outputs)
+    assert report["classes"]["cat"] == {"valid": 6, "corrupt": 1, "zero_byte": 1, "not_image": 1, "not_numbered": 0}
+    assert report["classes"]["dog"] == {"valid": 7, "corrupt": 0, "zero_byte": 0, "not_image": 1, "not_numbered": 0}
+    reasons = {s["file"]: s["reason"] for s in report["skipped"]}
+    assert reasons == {
+        "PetImages/Cat/1.jpg": "zero_byte",
+        "PetImages/Cat/2.jpg": "corrupt",
+        "PetImages/Cat/Thumbs.db": "not_image",
+        "PetImages/Dog/3.jpg": "not_image",
+    }
+    assert not (outputs["images_dir"] / "cat/2.jpg").exists()
+    assert len(list((outputs["images_dir"] / "cat").iterdir())) == 6
+
+
+def test_wrong_checksum_fails_and_leaves_nothing(archive_server, outputs):
+    write_archive(archive_server.directory / "a.zip", per_class=3)
+    with pytest.raises(PipelineError, match=r"data.sha256 mismatch .* expects 0000"):
+        run_download(f"{archive_server.url}/a.zip", "0" * 64, **outputs)
+    assert not outputs["images_dir"].exists() and not outputs["report_file"].exists()
+    assert not list((archive_server.directory.parent / "cache").glob("*")) if (archive_server.directory.parent / "cache").exists() else True
+
+
+def test_http_404_fails_at_once(archive_server, tmp_path):
+    with pytest.raises(PipelineError, match=r"HTTP 404 .*missing.zip"):
+        fetch_over_http(archive_server, "missing.zip")
+    assert len(archive_server.requests) == 1  # a 404 is not retried
+
+
+def test_unreachable_url_fails_after_retries(tmp_path):
+    with pytest.raises(PipelineError, match=r"cannot download http://127.0.0.1:9/x.zip after 3 attempts"):
+        fetch_archive("http://127.0.0.1:9/x.zip", cache_dir=tmp_path, retries=3, backoff_seconds=0)
+
+
+def test_transient_errors_are_retried(archive_server):
+    archive = write_archive(archive_server.directory / "a.zip", per_class=2)
+    archive_server.faults["a.zip"] = [503, 500]
+    path = fetch_over_http(archive_server, "a.zip")
+    assert path.read_bytes() == archive.read_bytes()
+    assert len(archive_server.requests) == 3
+
+
+def test_broken_transfer_resumes_with_range(archive_server):
+    archive = write_archive(archive_server.directory / "a.zip", per_class=40)
+    archive_server.faults["a.zip"] = ["cut"]
+    path = fetch_over_http(archive_server, "a.zip")
+    assert path.read_bytes() == archive.read_bytes()
+    first, second = archive_server.requests
+    assert first["range"] is None
+    resumed_at = int(second["range"].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= archive.stat().st_size // 2
+
+
+def test_cached_download_is_reused(archive_server):
+    write_archive(archive_server.directory / "a.zip", per_class=2)
+    fetch_over_http(archive_server, "a.zip")
+    fetch_over_http(archive_server, "a.zip")
+    assert len(archive_server.requests) == 1
+
+
+def test_local_path_and_file_url(tmp_path, outputs):
+    archive = write_archive(tmp_path / "local.zip", per_class=3)
+    assert run_download(str(archive), **outputs)["classes"]["cat"]["valid"] == 3
+    assert run_download(archive.as_uri(), **outputs)["classes"]["dog"]["valid"] == 3
+    with pytest.raises(PipelineError, match="does not exist"):
+        run_download(str(tmp_path / "nope.zip"), **outputs)
+
+
+def test_truncated_and_non_zip_archives(tmp_path, outputs):
+    archive = write_archive(tmp_path / "a.zip", per_class=5)
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size * 2 // 3])
+    with pytest.raises(PipelineError, match="truncated"):
+        run_download(str(truncated), **outputs)
+    html = tmp_path / "page.zip"
+    html.write_text("<html>404</html>")
+    with pytest.raises(PipelineError, match="not a readable zip archive"):
+        run_download(str(html), **outputs)
+    assert not outputs["images_dir"].exists() and not outputs["report_file"].exists()
+
+
+def test_no_recognisable_images_or_a_missing_class(tmp_path, outputs):
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("photos/a.jpg", b"x")
+    with pytest.raises(PipelineError, match="no images in a known layout"):
+        run_download(str(other), **outputs)
+    cats_only = write_archive(tmp_path / "cats.zip", per_class=3, classes=("cat",))
+    with pytest.raises(PipelineError, match="no valid dog images"):
+        run_download(str(cats_only), **outputs)
+    assert not outputs["images_dir"].exists()

@@ -1,0 +1,42 @@
+"""The data stages under real `dvc repro` in a fresh git + DVC repo made from the project."""
+
+import json
+
+from conftest import make_project, ran_stages, run, update_params
+from synthetic import write_archive
+
+
+def test_dvc_repro_data_stages(tmp_path):
+    archive = write_archive(tmp_path / "sample.zip", per_class=24, size=64)
+    project = make_project(tmp_path / "project", {
+        "data": {"source": str(archive)},
+        "split": {"train": 10, "validation": 4, "test": 4},
+        "prepare": {"image_sizes": [48, 64]},
+        "train": {"baseline": {"image_size": 48}, "augmented": {"image_size": 48}},
+        "pretrained": {"bases": {"vgg16": {"image_size": 64}, "efficientnet_lite0": {"image_size": 64}}},
+    })
+    targets = ["prepare@48", "prepare@64"]
+    first = run(["dvc", "repro", *targets], project)
+    assert ran_stages(first.stdout) == ["download", "split", "prepare@48", "prepare@64"]
+    report = json.loads((project / "reports/download.json").read_text())
+    assert report["classes"]["cat"]["valid"] == 24
+    assert (project / "data/prepared/48px/train.npz").is_file()
+
+    second = run(["dvc", "repro", *targets], project)
+    assert ran_stages(second.stdout) == []
+
+    update_params(project, {"split": {"train": 12}})
+    third = run(["dvc", "repro", *targets], project)
+    assert ran_stages(third.stdout) == ["split", "prepare@48", "prepare@64"]
+
+    # A failing stage (bad source) exits non-zero with one line, leaves no half output, and
+    # DVC keeps the last good run recorded (`dvc checkout` brings its outputs back).
+    update_params(project, {"data": {"source": str(tmp_path / "missing.zip")}})
+    fourth = run(["dvc", "repro", "download"], project, check=False)
+    assert fourth.returncode != 0
+    assert "error: data.source:" in fourth.stderr and "missing.zip does not exist" in fourth.stderr
+    assert not (project / "data/images").exists()
+    assert "download" in run(["dvc", "status", "download"], project).stdout
+    update_params(project, {"data": {"source": str(archive)}})
+    run(["dvc", "checkout", "download"], project)
+    assert len(list((project / "data/images/cat").iterdir())) == 24

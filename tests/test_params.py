@@ -1,0 +1,77 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT, make_project, update_params
+
+from pipeline.errors import PipelineError
+from pipeline.params import load_params
+
+
+def write(tmp_path, update):
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    update_params(project, update)
+    return project / "params.yaml"
+
+
+def test_shipped_params_are_valid_and_the_books():
+    params = load_params(ROOT / "params.yaml")
+    assert params.split.counts() == {"train": 1000, "validation": 500, "test": 500}
+    assert params.train.baseline.learning_rate == 1e-4
+    assert params.train.augmented.epochs == 100
+    assert set(params.pretrained.bases) == {"vgg16", "efficientnet_lite0"}
+
+
+@pytest.mark.parametrize(
+    "update, expected",
+    [
+        ({"split": {"trian": 5}}, "unknown key 'split.trian': did you mean 'train'?"),
+        ({"train": {"baseline": {"epoch": 5}}}, "did you mean 'epochs'?"),
+        ({"split": {"train": -3}}, "split.train: Input should be greater than 0 (got -3)"),
+        ({"train": {"baseline": {"image_size": 40}}}, "train.baseline.image_size: Input should be greater than or equal to 46"),
+        ({"train": {"augmented": {"learning_rate": 0}}}, "train.augmented.learning_rate"),
+        ({"split": {"order": "random"}}, "split.order: Input should be 'book' or 'shuffle'"),
+        ({"data": {"sha256": "abc"}}, "data.sha256"),
+        ({"prepare": {"image_sizes": [224]}}, "train.baseline.image_size is 150, but prepare.image_sizes [224] does not list it"),
+        ({"pretrained": {"bases": {"resnet": {"image_size": 150, "finetune_from": "x"}}}}, "unknown conv base 'resnet'"),
+        ({"pretrained": {"bases": {"vgg16": {"pooling": "max"}}}}, "pretrained.bases.vgg16.pooling"),
+    ],
+)
+def test_bad_params_are_one_clear_error(tmp_path, update, expected):
+    path = write(tmp_path, update)
+    with pytest.raises(PipelineError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(PipelineError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(PipelineError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_cli_rejects_bad_params_before_any_work(tmp_path):
+    project = make_project(tmp_path / "proj", {"split": {"test": -1}, "data": {"source": str(tmp_path / "x.zip")}})
+    result = subprocess.run([sys.executable, "-m", "pipeline", "download"], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["error: params.yaml: split.test: Input should be greater than 0 (got -1)"]
+    assert not (project / "data/images").exists()
+
+
+def test_cli_lists_every_stage():
+    result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0
+    for stage in ("download", "split", "prepare"):
+        assert stage in result.stdout
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert {"download", "split", "prepare"} <= set(stages)
