@@ -61,5 +61,51 @@ def prepare(image_size: int = typer.Argument(..., help="Side in pixels; must be 
     run_prepare(image_size)
 
 
+ModelName = typer.Argument(..., help="baseline | augmented | features | frozen_aug | finetune")
+BaseOption = typer.Option(None, "--base", help="Conv base (a key of pretrained.bases); for the pretrained models.")
+SCRATCH_MODELS = ("baseline", "augmented")
+PRETRAINED_MODELS = ("features", "frozen_aug", "finetune")
+
+
+@stage
+def train(model: str = ModelName, base: str = BaseOption) -> None:
+    """Train one model, evaluate it on test, write models/ and reports/, log an MLflow run."""
+    from pipeline import stages
+
+    params = load_params()
+    if model in SCRATCH_MODELS:
+        stages.train_scratch(params, model)
+    elif model in PRETRAINED_MODELS:
+        if base is None:
+            raise PipelineError(f"train {model}: give the conv base with --base")
+        getattr(stages, f"train_{model}")(params, base)
+    else:
+        raise PipelineError(f"train: unknown model {model!r}; one of {', '.join(SCRATCH_MODELS + PRETRAINED_MODELS)}")
+
+
+@stage
+def base_weights(base: str = typer.Argument(..., help="A key of pretrained.bases.")) -> None:
+    """Resolve pretrained.bases.<base>.weights into models/bases/<base>.weights.h5."""
+    from pipeline import stages
+
+    stages.save_base_weights(load_params(), base)
+
+
+@stage
+def extract(base: str = typer.Argument(..., help="A key of pretrained.bases.")) -> None:
+    """Run the frozen conv base once over every split into data/features/<base>/."""
+    from pipeline import stages
+
+    stages.extract(load_params(), base)
+
+
+@stage
+def report() -> None:
+    """Write reports/progression.md and .png from every model's metrics; log them to MLflow."""
+    from pipeline.report import run_report
+
+    run_report(load_params())
+
+
 def main() -> None:
     app()

@@ -99,7 +99,7 @@ class AugmentationParams(Section):
     rotation_degrees: Annotated[float, Field(ge=0, le=180)] = 40
     width_shift: Fraction = 0.2
     height_shift: Fraction = 0.2
-    shear_degrees: Annotated[float, Field(ge=0, lt=90)] = 0.2
+    shear_degrees: Annotated[float, Field(ge=0, lt=90)] = 11.46
     zoom: Fraction = 0.2
     horizontal_flip: bool = True
 

@@ -19,7 +19,7 @@ from pipeline.errors import PipelineError
 
 DOWNLOAD_CACHE = Path("data/downloads")
 RETRIES = 5
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # small enough that a broken transfer keeps most of what arrived
 TIMEOUT_SECONDS = 30
 
 

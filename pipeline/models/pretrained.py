@@ -1,0 +1,70 @@
+"""Models on an ImageNet conv base (the book's listings 5.17-5.22), for any base in bases.py."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.models.bases import BASES, load_base
+
+
+def _pool(pooling: str) -> keras.layers.Layer:
+    return keras.layers.Flatten(name="flatten") if pooling == "flatten" else keras.layers.GlobalAveragePooling2D(name="avg_pool")
+
+
+def feature_extractor(base_name: str, image_size: int, pooling: str) -> keras.Model:
+    """Raw pixels -> preprocessing -> frozen conv base -> flattened or pooled features."""
+    base = load_base(base_name, image_size)
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = BASES[base_name].preprocess()(inputs)
+    outputs = _pool(pooling)(base(x, training=False))
+    return keras.Model(inputs, outputs, name=f"{base_name}_features")
+
+
+def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    from pipeline.data.dataset import make_dataset
+
+    dataset = make_dataset(images, np.zeros(len(images)), batch_size).map(lambda x, y: x)
+    return extractor.predict(dataset, verbose=2).astype(np.float32)
+
+
+def dense_head(input_dim: int, dense_units: int, dropout: float, name: str) -> keras.Model:
+    """The book's classifier on cached features: Dense(256, relu) -> Dropout -> Dense(1)."""
+    inputs = keras.Input((input_dim,), name="features")
+    x = keras.layers.Dense(dense_units, activation="relu")(inputs)
+    if dropout:
+        x = keras.layers.Dropout(dropout)(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def frozen_base_model(
+    base_name: str, image_size: int, pooling: str, dense_units: int, augmentation: keras.Sequential, name: str
+) -> keras.Model:
+    """Augmentation -> preprocessing -> frozen base -> Flatten/pool -> Dense -> Dense(1)."""
+    base = load_base(base_name, image_size)
+    base.trainable = False
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = augmentation(inputs)
+    x = BASES[base_name].preprocess()(x)
+    # training=False keeps batch-norm statistics frozen, also once the top is unfrozen later.
+    x = _pool(pooling)(base(x, training=False))
+    x = keras.layers.Dense(dense_units, activation="relu")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def unfreeze_from(model: keras.Model, base_name: str, first_layer: str) -> None:
+    """Make the base trainable from `first_layer` on (the book: block5_conv1); all before it stays frozen."""
+    base = model.get_layer(base_name)
+    names = [layer.name for layer in base.layers]
+    if first_layer not in names:
+        raise PipelineError(
+            f"pretrained.bases.{base_name}.finetune_from: {base_name} has no layer {first_layer!r}; "
+            f"its layers include {', '.join(n for n in names if 'conv' in n)[:400]}"
+        )
+    base.trainable = True
+    start = names.index(first_layer)
+    for layer in base.layers[:start]:
+        layer.trainable = False

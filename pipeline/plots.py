@@ -1,0 +1,63 @@
+"""The figures people look at: learning curves, a confusion matrix, the progression chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # stages run headless
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from pipeline.io import atomic_path
+
+
+def _save(fig, out: Path) -> None:
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def learning_curves(history: pd.DataFrame, title: str, out: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        ax.plot(history["epoch"], history[metric], "o-", ms=3, label=f"training {metric}")
+        ax.plot(history["epoch"], history[f"val_{metric}"], "s-", ms=3, label=f"validation {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    _save(fig, out)
+
+
+def confusion_matrix(matrix: np.ndarray, classes: tuple[str, ...], title: str, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        color = "white" if count > matrix.max() / 2 else "black"
+        ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=12)
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    _save(fig, out)
+
+
+def progression_chart(table: pd.DataFrame, out: Path) -> None:
+    """Test accuracy of every model, in the book's order, beside the book's number."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(table)), 4))
+    x = np.arange(len(table))
+    ours = ax.bar(x - 0.2, table["test_accuracy"], 0.4, label="this pipeline (test)")
+    ax.bar(x + 0.2, table["book"].fillna(0), 0.4, label="book (VGG16 for the pretrained rows)", alpha=0.6)
+    ax.bar_label(ours, fmt="%.3f", fontsize=8)
+    ax.set_xticks(x, table["model"], rotation=20, ha="right")
+    ax.set_ylim(0.4, 1.0)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Dogs vs. cats: accuracy progression")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right")
+    _save(fig, out)

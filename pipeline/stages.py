@@ -1,0 +1,176 @@
+"""The model stages: each builds its model and data from params and hands a Job to train.run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.prepare import load_prepared
+from pipeline.data.split import SPLIT_FILE, SPLITS
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_dir
+from pipeline.params import Params
+
+FEATURES_DIR = Path("data/features")
+
+
+def seed_everything(params: Params) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(params.train.seed)
+    if params.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def _images(image_size: int):
+    from pipeline.train import Splits
+
+    return Splits(*(load_prepared(image_size, split) for split in SPLITS))
+
+
+def _common_tags(params: Params, image_size: int, base: str = "none") -> dict:
+    from pipeline.tracking import file_hash
+
+    split_hash = file_hash(SPLIT_FILE) if SPLIT_FILE.is_file() else "unknown"
+    return {"base": base, "image_size": image_size, "seed": params.train.seed, "split_sha256": split_hash}
+
+
+def _shared_train_params(params: Params) -> dict:
+    return {"seed": params.train.seed, "deterministic": params.train.deterministic}
+
+
+def train_scratch(params: Params, model: str) -> dict:
+    """`baseline` (listing 5.5) or `augmented` (5.13: augmentation + dropout)."""
+    from pipeline import train
+    from pipeline.models.augment import augmentation_layers
+    from pipeline.models.scratch import build_convnet
+
+    settings = getattr(params.train, model)
+    seed_everything(params)
+    augmented = model == "augmented"
+    augmentation = augmentation_layers(params.augmentation, params.train.seed) if augmented else None
+    logged = {"train": {**_shared_train_params(params), model: settings.model_dump()}}
+    if augmented:
+        logged["augmentation"] = params.augmentation.model_dump()
+    job = train.Job(
+        name=model, stage=model,
+        model=build_convnet(settings.image_size, settings.dropout, augmentation, name=model),
+        data=_images(settings.image_size),
+        epochs=settings.epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
+        steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
+        params=logged, tags=_common_tags(params, settings.image_size),
+    )
+    return train.run(job)
+
+
+def save_base_weights(params: Params, base: str) -> Path:
+    from pipeline.models.bases import save_base_weights as save
+
+    return save(base, _base(params, base).weights, params.train.seed)
+
+
+def _base(params: Params, base: str):
+    if base not in params.pretrained.bases:
+        raise PipelineError(f"conv base {base!r} is not in pretrained.bases ({', '.join(params.pretrained.bases)})")
+    return params.pretrained.bases[base]
+
+
+def extract(params: Params, base: str, batch_size: int = 32) -> Path:
+    """Run the frozen base once over every split; cache the features for the dense head."""
+    from pipeline.models.pretrained import extract_features, feature_extractor
+
+    settings = _base(params, base)
+    extractor = feature_extractor(base, settings.image_size, settings.pooling)
+    out = FEATURES_DIR / base
+    with atomic_dir(out) as tmp:
+        for split in SPLITS:
+            images, labels = load_prepared(settings.image_size, split)
+            print(f"extract {base} features of {len(images)} {split} images")
+            np.savez(tmp / f"{split}.npz", features=extract_features(extractor, images, batch_size), labels=labels)
+    print(f"wrote {out}")
+    return out
+
+
+def _features(base: str):
+    from pipeline.train import Splits
+
+    def load(split: str):
+        path = FEATURES_DIR / base / f"{split}.npz"
+        if not path.is_file():
+            raise PipelineError(f"{path} not found; run `dvc repro extract@{base}` first")
+        with np.load(path) as arrays:
+            return arrays["features"], arrays["labels"]
+
+    return Splits(*(load(split) for split in SPLITS))
+
+
+def train_features(params: Params, base: str) -> dict:
+    """The book's listing 5.17-5.18: a dense head on the cached conv-base features."""
+    from pipeline import train
+    from pipeline.models.pretrained import dense_head
+
+    settings, base_settings = params.train.features, _base(params, base)
+    seed_everything(params)
+    data = _features(base)
+    job = train.Job(
+        name=f"features-{base}", stage=f"features@{base}",
+        model=dense_head(data.train[0].shape[1], settings.dense_units, settings.dropout, f"features_{base}"),
+        data=data, epochs=settings.epochs, batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate, seed=params.train.seed,
+        params={"train": {**_shared_train_params(params), "features": settings.model_dump()},
+                "pretrained": {"base": base, base: base_settings.model_dump()}},
+        tags=_common_tags(params, base_settings.image_size, base),
+    )
+    return train.run(job)
+
+
+def train_frozen_aug(params: Params, base: str) -> dict:
+    """Listing 5.20-5.21: the frozen base inside the model, trained with augmentation."""
+    from pipeline import train
+    from pipeline.models.augment import augmentation_layers
+    from pipeline.models.pretrained import frozen_base_model
+
+    settings, base_settings = params.train.frozen_aug, _base(params, base)
+    seed_everything(params)
+    model = frozen_base_model(
+        base, base_settings.image_size, base_settings.pooling, settings.dense_units,
+        augmentation_layers(params.augmentation, params.train.seed), f"frozen_aug_{base}",
+    )
+    job = train.Job(
+        name=f"frozen_aug-{base}", stage=f"frozen_aug@{base}", model=model,
+        data=_images(base_settings.image_size), epochs=settings.epochs, batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate, steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
+        params={"train": {**_shared_train_params(params), "frozen_aug": settings.model_dump()},
+                "augmentation": params.augmentation.model_dump(),
+                "pretrained": {"base": base, base: base_settings.model_dump()}},
+        tags=_common_tags(params, base_settings.image_size, base),
+    )
+    return train.run(job)
+
+
+def train_finetune(params: Params, base: str) -> dict:
+    """Listing 5.22-5.23: continue from frozen_aug with the top of the base unfrozen."""
+    import keras
+
+    from pipeline import train
+    from pipeline.models.pretrained import unfreeze_from
+
+    settings, base_settings = params.train.finetune, _base(params, base)
+    seed_everything(params)
+    source = train.MODELS_DIR / f"frozen_aug-{base}.keras"
+    if not source.is_file():
+        raise PipelineError(f"{source} not found; run `dvc repro frozen_aug@{base}` first")
+    model = keras.models.load_model(source)
+    unfreeze_from(model, base, base_settings.finetune_from)
+    job = train.Job(
+        name=f"finetune-{base}", stage=f"finetune@{base}", model=model,
+        data=_images(base_settings.image_size), epochs=settings.epochs, batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate, steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
+        params={"train": {**_shared_train_params(params), "finetune": settings.model_dump()},
+                "augmentation": params.augmentation.model_dump(),
+                "pretrained": {"base": base, base: base_settings.model_dump()}},
+        tags=_common_tags(params, base_settings.image_size, base),
+    )
+    return train.run(job)

@@ -1,0 +1,127 @@
+"""MLflow: one store, one experiment, one run per trained model, tags that make runs comparable.
+
+- The store is `MLFLOW_TRACKING_URI` when set, else `sqlite:///<project>/mlflow.db` (what
+  `mlflow ui` opens from the project root) with artifacts in `<project>/mlartifacts`. The
+  project root is found even from `dvc exp run --temp/--queue`, which runs in a copy under
+  `.dvc/tmp/exps/`: a relative URI there would put the runs in the copy, and they'd vanish.
+- Each DVC stage is its own process: the runs of one `dvc repro` / `dvc exp run` share the
+  tag `pipeline.repro_id`, taken from the DVC process that started the stage.
+- An unreachable tracking server fails the stage before any training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import urllib.parse
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+import requests
+
+from pipeline.errors import PipelineError
+
+EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "dogs-vs-cats")
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    """The user's project root, also when DVC runs the stage in .dvc/tmp/exps/<tmp>/."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, with the URI named, before a stage spends minutes training."""
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
+        except requests.RequestException as exc:
+            raise PipelineError(
+                f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({type(exc).__name__}); "
+                "start the server or unset MLFLOW_TRACKING_URI to use the local store"
+            ) from None
+    elif scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not os.access(folder, os.W_OK):
+            raise PipelineError(f"MLFLOW_TRACKING_URI={uri}: {folder} is not writable")
+
+
+def connect() -> str:
+    """Point MLflow at the store and experiment; return the URI. Call before training."""
+    import mlflow
+
+    uri = tracking_uri()
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        artifacts = None
+        if uri.startswith("sqlite:"):
+            artifacts = (project_root() / "mlartifacts").as_uri()
+        try:
+            mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+        except mlflow.exceptions.MlflowException:
+            pass  # another stage created it in the meantime
+    mlflow.set_experiment(EXPERIMENT)
+    return uri
+
+
+def repro_id() -> str:
+    """One id per `dvc repro` / `dvc exp run`: the nearest DVC ancestor process and its start
+    time. Outside DVC (a stage run by hand) every process gets its own."""
+    process = psutil.Process()
+    for parent in process.parents():
+        try:
+            cmdline = " ".join(parent.cmdline())
+        except psutil.Error:
+            continue
+        if "dvc" in cmdline and any(word in cmdline for word in ("repro", "exp", "queue")):
+            process = parent
+            break
+    started = datetime.fromtimestamp(process.create_time(), timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{socket.gethostname()}-{process.pid}-{started}"
+
+
+def git_state() -> dict[str, str]:
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    # DVC rewrites dvc.lock between stages of one repro: that alone is not a dirty tree.
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock")
+    return {"git.commit": commit or "unknown", "git.dirty": str(bool(dirty)).lower()}
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def run_tags(stage: str, extra: dict[str, str]) -> dict[str, str]:
+    tags = {"dvc.stage": stage, "pipeline.repro_id": repro_id(), **git_state(), **extra}
+    if exp := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = exp
+    return tags
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, object]:
+    """{'train': {'baseline': {'epochs': 30}}} -> {'train.baseline.epochs': 30}."""
+    flat: dict[str, object] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

