@@ -85,9 +85,19 @@ class FinetuneParams(Section):
     learning_rate: LearningRate
 
 
+Switch = Literal["auto", "on", "off"]
+
+
+class RuntimeParams(Section):
+    deterministic: bool = False
+    strategy: Literal["auto", "default", "mirrored"] = "auto"
+    mixed_precision: Switch = "auto"
+    jit_compile: Switch = "auto"
+
+
 class TrainParams(Section):
     seed: int = 42
-    deterministic: bool = False
+    runtime: RuntimeParams
     baseline: ScratchParams
     augmented: ScratchParams
     features: HeadParams

@@ -15,15 +15,6 @@ from pipeline.params import Params
 FEATURES_DIR = Path("data/features")
 
 
-def seed_everything(params: Params) -> None:
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(params.train.seed)
-    if params.train.deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-
 def _images(image_size: int):
     from pipeline.train import Splits
 
@@ -38,7 +29,7 @@ def _common_tags(params: Params, image_size: int, base: str = "none") -> dict:
 
 
 def _shared_train_params(params: Params) -> dict:
-    return {"seed": params.train.seed, "deterministic": params.train.deterministic}
+    return {"seed": params.train.seed, "runtime": params.train.runtime.model_dump()}
 
 
 def train_scratch(params: Params, model: str) -> dict:
@@ -48,21 +39,21 @@ def train_scratch(params: Params, model: str) -> dict:
     from pipeline.models.scratch import build_convnet
 
     settings = getattr(params.train, model)
-    seed_everything(params)
     augmented = model == "augmented"
-    augmentation = augmentation_layers(params.augmentation, params.train.seed) if augmented else None
     logged = {"train": {**_shared_train_params(params), model: settings.model_dump()}}
     if augmented:
         logged["augmentation"] = params.augmentation.model_dump()
     job = train.Job(
         name=model, stage=model,
-        model=build_convnet(settings.image_size, settings.dropout, augmentation, name=model),
+        build_model=lambda: build_convnet(
+            settings.image_size, settings.dropout,
+            augmentation_layers(params.augmentation, params.train.seed) if augmented else None, name=model),
         data=_images(settings.image_size),
         epochs=settings.epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
         params=logged, tags=_common_tags(params, settings.image_size),
     )
-    return train.run(job)
+    return train.run(job, params)
 
 
 def save_base_weights(params: Params, base: str) -> Path:
@@ -112,18 +103,17 @@ def train_features(params: Params, base: str) -> dict:
     from pipeline.models.pretrained import dense_head
 
     settings, base_settings = params.train.features, _base(params, base)
-    seed_everything(params)
     data = _features(base)
     job = train.Job(
         name=f"features-{base}", stage=f"features@{base}",
-        model=dense_head(data.train[0].shape[1], settings.dense_units, settings.dropout, f"features_{base}"),
+        build_model=lambda: dense_head(data.train[0].shape[1], settings.dense_units, settings.dropout, f"features_{base}"),
         data=data, epochs=settings.epochs, batch_size=settings.batch_size,
         learning_rate=settings.learning_rate, seed=params.train.seed,
         params={"train": {**_shared_train_params(params), "features": settings.model_dump()},
                 "pretrained": {"base": base, base: base_settings.model_dump()}},
         tags=_common_tags(params, base_settings.image_size, base),
     )
-    return train.run(job)
+    return train.run(job, params)
 
 
 def train_frozen_aug(params: Params, base: str) -> dict:
@@ -133,13 +123,11 @@ def train_frozen_aug(params: Params, base: str) -> dict:
     from pipeline.models.pretrained import frozen_base_model
 
     settings, base_settings = params.train.frozen_aug, _base(params, base)
-    seed_everything(params)
-    model = frozen_base_model(
-        base, base_settings.image_size, base_settings.pooling, settings.dense_units,
-        augmentation_layers(params.augmentation, params.train.seed), f"frozen_aug_{base}",
-    )
     job = train.Job(
-        name=f"frozen_aug-{base}", stage=f"frozen_aug@{base}", model=model,
+        name=f"frozen_aug-{base}", stage=f"frozen_aug@{base}",
+        build_model=lambda: frozen_base_model(
+            base, base_settings.image_size, base_settings.pooling, settings.dense_units,
+            augmentation_layers(params.augmentation, params.train.seed), f"frozen_aug_{base}"),
         data=_images(base_settings.image_size), epochs=settings.epochs, batch_size=settings.batch_size,
         learning_rate=settings.learning_rate, steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
         params={"train": {**_shared_train_params(params), "frozen_aug": settings.model_dump()},
@@ -147,7 +135,7 @@ def train_frozen_aug(params: Params, base: str) -> dict:
                 "pretrained": {"base": base, base: base_settings.model_dump()}},
         tags=_common_tags(params, base_settings.image_size, base),
     )
-    return train.run(job)
+    return train.run(job, params)
 
 
 def train_finetune(params: Params, base: str) -> dict:
@@ -158,14 +146,17 @@ def train_finetune(params: Params, base: str) -> dict:
     from pipeline.models.pretrained import unfreeze_from
 
     settings, base_settings = params.train.finetune, _base(params, base)
-    seed_everything(params)
     source = train.MODELS_DIR / f"frozen_aug-{base}.keras"
     if not source.is_file():
         raise PipelineError(f"{source} not found; run `dvc repro frozen_aug@{base}` first")
-    model = keras.models.load_model(source)
-    unfreeze_from(model, base, base_settings.finetune_from)
+
+    def build_model():
+        model = keras.models.load_model(source)
+        unfreeze_from(model, base, base_settings.finetune_from)
+        return model
+
     job = train.Job(
-        name=f"finetune-{base}", stage=f"finetune@{base}", model=model,
+        name=f"finetune-{base}", stage=f"finetune@{base}", build_model=build_model,
         data=_images(base_settings.image_size), epochs=settings.epochs, batch_size=settings.batch_size,
         learning_rate=settings.learning_rate, steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
         params={"train": {**_shared_train_params(params), "finetune": settings.model_dump()},
@@ -173,4 +164,4 @@ def train_finetune(params: Params, base: str) -> dict:
                 "pretrained": {"base": base, base: base_settings.model_dump()}},
         tags=_common_tags(params, base_settings.image_size, base),
     )
-    return train.run(job)
+    return train.run(job, params)

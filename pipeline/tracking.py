@@ -109,7 +109,8 @@ def file_hash(path: Path) -> str:
 
 
 def run_tags(stage: str, extra: dict[str, str]) -> dict[str, str]:
-    tags = {"dvc.stage": stage, "pipeline.repro_id": repro_id(), **git_state(), **extra}
+    tags = {"dvc.stage": stage, "pipeline.repro_id": repro_id(), "pipeline.host": socket.gethostname(),
+            "pipeline.pid": str(os.getpid()), **git_state(), **extra}
     if exp := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = exp
     return tags
@@ -125,3 +126,21 @@ def flatten(params: dict, prefix: str = "") -> dict[str, object]:
         else:
             flat[name] = value
     return flat
+
+
+def close_stale_runs(stage: str) -> None:
+    """Mark KILLED the runs of `stage` left RUNNING by a process that died without cleanup
+    (SIGKILL, power loss): same host, and that process is gone."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    stale = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`dvc.stage` = '{stage}' and attributes.status = 'RUNNING'",
+    )
+    for run in stale:
+        tags = run.data.tags
+        if tags.get("pipeline.host") == socket.gethostname() and not psutil.pid_exists(int(tags.get("pipeline.pid", 0))):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            print(f"marked MLflow run {run.info.run_id} of {stage} KILLED: its process is gone")

@@ -10,9 +10,12 @@ and one MLflow run NAME with the same numbers, the params, the tags and these fi
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from pipeline.data.dataset import make_dataset
 from pipeline.data.download import CLASSES
 from pipeline.io import atomic_path, write_text
 
+CHECKPOINTS_DIR = Path(".checkpoints")  # epoch backups for resuming; not a DVC output
 MODELS_DIR = Path("models")
 METRICS_DIR = Path("reports/metrics")
 HISTORY_DIR = Path("reports/history")
@@ -44,7 +48,7 @@ class Splits:
 class Job:
     name: str  # run name and output stem, e.g. "baseline", "features-vgg16"
     stage: str  # DVC stage, e.g. "features@vgg16"
-    model: keras.Model
+    build_model: Callable[[], keras.Model]  # called inside the distribution strategy's scope
     data: Splits
     epochs: int
     batch_size: int
@@ -55,19 +59,24 @@ class Job:
     tags: dict = field(default_factory=dict)  # conv base, image size, ...
 
 
-class _MlflowEpochLogger(keras.callbacks.Callback):
-    """Per-epoch metrics into the active MLflow run, explicitly (autolog would log twice)."""
+class _EpochRecorder(keras.callbacks.Callback):
+    """Keeps the full per-epoch history (also across a resume) in the checkpoint folder and
+    logs each epoch to the active MLflow run, explicitly (autolog would log twice)."""
 
-    def __init__(self):
+    def __init__(self, history_file: Path, previous: list[dict]):
         super().__init__()
+        self.history_file, self.rows = history_file, list(previous)
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         import mlflow
 
-        metrics = {key: float(value) for key, value in (logs or {}).items() if key != "learning_rate"}
-        metrics["epoch_seconds"] = time.perf_counter() - self.started
-        mlflow.log_metrics(metrics, step=epoch + 1)
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}}
+        row["epoch_seconds"] = round(time.perf_counter() - self.started, 3)
+        self.rows.append(row)
+        with atomic_path(self.history_file) as tmp:  # before BackupAndRestore saves this epoch
+            pd.DataFrame(self.rows).to_csv(tmp, index=False)
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
         self.started = time.perf_counter()
 
 
@@ -77,52 +86,85 @@ def _raise_on_sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> None:
+def compile_model(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
     model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate),
         loss="binary_crossentropy",
         metrics=["accuracy"],
+        jit_compile=jit_compile,
     )
 
 
-def run(job: Job) -> dict:
+def _checkpoint_dir(job: Job) -> Path:
+    """A resume is only safe with the same settings: the folder is keyed by them."""
+    key = json.dumps([job.params, {k: str(v) for k, v in job.tags.items()}, job.epochs], sort_keys=True, default=str)
+    return CHECKPOINTS_DIR / f"{job.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _resumable_history(checkpoints: Path) -> list[dict]:
+    """Epochs already completed by an interrupted run with the same settings."""
+    metadata, history = checkpoints / "training_metadata.json", checkpoints / "history.csv"
+    if not (metadata.is_file() and history.is_file()):
+        return []
+    done = json.loads(metadata.read_text())["epoch"]
+    rows = pd.read_csv(history).to_dict("records")
+    return [row for row in rows if row["epoch"] <= done]
+
+
+def run(job: Job, params) -> dict:
+    """Train `job` under `params.train.runtime`; return its metrics."""
     import mlflow
+
+    from pipeline import runtime
 
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     tracking.connect()  # before training: an unreachable server fails now, not in an hour
+    tracking.close_stale_runs(job.stage)
+    strategy = runtime.setup(params)
+    with strategy.scope():
+        model = job.build_model()
+        compile_model(model, job.learning_rate, runtime.jit_compile(params))
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = job.data.train, job.data.validation, job.data.test
     repeat = job.steps_per_epoch > 0
     train_ds = make_dataset(x_train, y_train, job.batch_size, training=True, seed=job.seed, repeat=repeat)
     val_ds = make_dataset(x_val, y_val, job.batch_size)
     test_ds = make_dataset(x_test, y_test, job.batch_size)
-    compile_model(job.model, job.learning_rate)
+    checkpoints = _checkpoint_dir(job)
+    previous = _resumable_history(checkpoints)
 
-    tags = tracking.run_tags(job.stage, {k: str(v) for k, v in job.tags.items()})
+    tags = tracking.run_tags(job.stage, {**{k: str(v) for k, v in job.tags.items()}, **runtime.describe(strategy)})
+    if previous:
+        tags["resumed_from_epoch"] = str(len(previous))
     with mlflow.start_run(run_name=job.name, tags=tags) as active:
         try:
             mlflow.log_params(tracking.flatten(job.params))
-            mlflow.log_params({"trainable_params": _count(job.model.trainable_weights),
-                               "total_params": job.model.count_params()})
-            print(f"training {job.name}: {len(x_train)} train / {len(x_val)} validation / "
-                  f"{len(x_test)} test, {job.epochs} epochs (MLflow run {active.info.run_id})")
+            mlflow.log_params({"trainable_params": _count(model.trainable_weights), "total_params": model.count_params()})
+            for row in previous:  # a resumed run still shows the whole curve
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+            print(f"training {job.name}: {len(x_train)} train / {len(x_val)} validation / {len(x_test)} test, "
+                  f"{job.epochs} epochs" + (f", resuming after epoch {len(previous)}" if previous else "")
+                  + f" (MLflow run {active.info.run_id})")
+            recorder = _EpochRecorder(checkpoints / "history.csv", previous)
             started = time.perf_counter()
-            history = job.model.fit(
+            model.fit(
                 train_ds,
                 validation_data=val_ds,
                 epochs=job.epochs,
                 steps_per_epoch=job.steps_per_epoch or None,
-                callbacks=[_MlflowEpochLogger()],
+                callbacks=[recorder, keras.callbacks.BackupAndRestore(str(checkpoints))],
                 verbose=2,  # one line per epoch: readable in `dvc repro` logs
             )
-            train_seconds = time.perf_counter() - started
-            test_loss, test_accuracy = job.model.evaluate(test_ds, verbose=0)
-            predicted = (job.model.predict(test_ds, verbose=0).ravel() > 0.5).astype(int)
-            metrics = _summarise(history.history, test_loss, test_accuracy, train_seconds, job)
+            train_seconds = time.perf_counter() - started + sum(r["epoch_seconds"] for r in previous)
+            test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
+            predicted = (model.predict(test_ds, verbose=0).ravel() > 0.5).astype(int)
+            history = pd.DataFrame(recorder.rows)
+            metrics = _summarise(history, test_loss, test_accuracy, train_seconds)
             mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-            _write_outputs(job, history.history, metrics, _confusion(y_test.ravel().astype(int), predicted))
+            _write_outputs(job, model, history, metrics, _confusion(y_test.ravel().astype(int), predicted))
         except KeyboardInterrupt:
             mlflow.end_run(status="KILLED")  # the context manager would say FAILED
             raise
+    shutil.rmtree(checkpoints, ignore_errors=True)
     print(f"{job.name}: test accuracy {metrics['test_accuracy']:.4f}, "
           f"best validation {metrics['best_val_accuracy']:.4f}, {train_seconds:.0f} s")
     return metrics
@@ -132,17 +174,17 @@ def _count(weights) -> int:
     return int(sum(np.prod(w.shape) for w in weights))
 
 
-def _summarise(history: dict, test_loss: float, test_accuracy: float, seconds: float, job: Job) -> dict:
+def _summarise(history: pd.DataFrame, test_loss: float, test_accuracy: float, seconds: float) -> dict:
     val_accuracy = history["val_accuracy"]
     return {
         "test_accuracy": round(float(test_accuracy), 4),
         "test_loss": round(float(test_loss), 4),
-        "best_val_accuracy": round(float(max(val_accuracy)), 4),
-        "best_epoch": int(np.argmax(val_accuracy)) + 1,
-        "final_val_accuracy": round(float(val_accuracy[-1]), 4),
-        "epochs": len(val_accuracy),
+        "best_val_accuracy": round(float(val_accuracy.max()), 4),
+        "best_epoch": int(val_accuracy.idxmax()) + 1,
+        "final_val_accuracy": round(float(val_accuracy.iloc[-1]), 4),
+        "epochs": len(history),
         "train_seconds": round(seconds, 1),
-        "seconds_per_epoch": round(seconds / len(val_accuracy), 2),
+        "seconds_per_epoch": round(seconds / len(history), 2),
     }
 
 
@@ -152,11 +194,9 @@ def _confusion(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def _write_outputs(job: Job, history: dict, metrics: dict, confusion: np.ndarray) -> None:
+def _write_outputs(job: Job, model: keras.Model, frame: pd.DataFrame, metrics: dict, confusion: np.ndarray) -> None:
     import mlflow
 
-    frame = pd.DataFrame(history).drop(columns=["learning_rate"], errors="ignore")
-    frame.insert(0, "epoch", range(1, len(frame) + 1))
     metrics_file = METRICS_DIR / f"{job.name}.json"
     history_file = HISTORY_DIR / f"{job.name}.csv"
     figures = FIGURES_DIR / job.name
@@ -172,7 +212,7 @@ def _write_outputs(job: Job, history: dict, metrics: dict, confusion: np.ndarray
     model_file.parent.mkdir(parents=True, exist_ok=True)
     tmp_model = model_file.with_name(f".{model_file.stem}.tmp.keras")  # Keras wants the suffix
     try:
-        job.model.save(tmp_model)
+        model.save(tmp_model)
         tmp_model.replace(model_file)
     finally:
         tmp_model.unlink(missing_ok=True)

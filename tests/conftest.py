@@ -99,8 +99,8 @@ def make_project(dest: Path, params_update: dict | None = None) -> Path:
     if params_update:
         update_params(dest, params_update)
     run(["git", "init", "-q"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "init"], dest)
     return dest
 
 
@@ -122,6 +122,9 @@ def update_params(project: Path, update: dict) -> None:
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command (dvc, python -m pipeline, git) with the project's venv on PATH."""
     full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for role in ("AUTHOR", "COMMITTER"):  # `dvc exp` commits; CI may have no git identity
+        full_env.setdefault(f"GIT_{role}_NAME", "pipeline tests")
+        full_env.setdefault(f"GIT_{role}_EMAIL", "tests@localhost")
     full_env.update(env or {})
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env)
     if check and result.returncode != 0:

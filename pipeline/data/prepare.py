@@ -40,10 +40,11 @@ def run_prepare(image_size: int, split_file: Path = SPLIT_FILE, root: Path = PRE
             rows = frame[frame["split"] == split]
             if rows.empty:
                 raise PipelineError(f"{split_file}: the {split} split is empty; rerun the split stage")
-            images = np.stack(list(tqdm(
-                pool.map(lambda p: load_image(p, image_size), rows["path"]),
-                total=len(rows), desc=f"prepare {split} {image_size}px", unit="img",
-            )))
+            # Filled in place: np.stack over a list would hold every image twice.
+            images = np.empty((len(rows), image_size, image_size, 3), np.uint8)
+            decoded = pool.map(lambda p: load_image(p, image_size), rows["path"])
+            for i, image in enumerate(tqdm(decoded, total=len(rows), desc=f"prepare {split} {image_size}px", unit="img")):
+                images[i] = image
             labels = rows["label"].map(CLASSES.index).to_numpy(np.uint8)
             np.savez(tmp / f"{split}.npz", images=images, labels=labels)
     print(f"wrote {out}")

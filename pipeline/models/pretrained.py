@@ -35,7 +35,7 @@ def dense_head(input_dim: int, dense_units: int, dropout: float, name: str) -> k
     x = keras.layers.Dense(dense_units, activation="relu")(inputs)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x)  # float32 under mixed precision
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -51,7 +51,7 @@ def frozen_base_model(
     # training=False keeps batch-norm statistics frozen, also once the top is unfrozen later.
     x = _pool(pooling)(base(x, training=False))
     x = keras.layers.Dense(dense_units, activation="relu")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x)  # float32 under mixed precision
     return keras.Model(inputs, outputs, name=name)
 
 

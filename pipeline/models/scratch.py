@@ -20,5 +20,5 @@ def build_convnet(
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
     x = keras.layers.Dense(512, activation="relu")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x)  # float32 under mixed precision
     return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,255 @@
+"""Speed and memory of the pipeline against the book's way and against the hardware limit.
+
+    python benchmarks/benchmark.py [--archive ../shared/data/dogs-vs-cats-6000.zip] [--steps 30]
+
+In one run, on this machine, on the real images:
+1. the data stages (download, split, prepare@150, prepare@224): wall seconds and peak RSS,
+   each a separate process as DVC runs them;
+2. seconds per book epoch (100 steps) of `baseline` and `augmented`, ours (prepared uint8
+   arrays, tf.data gather + prefetch) against a plain Keras reference that reads the JPEGs
+   from folders with keras.utils.image_dataset_from_directory every epoch, with the same
+   model, augmentation and batch size; and ours with bfloat16 mixed precision;
+3. images per second of conv-base feature extraction (VGG16, EfficientNet-Lite0) and of
+   baseline training, as a fraction of the FLOP limit: model FLOPs per image x images/s
+   over the rate a large float32 matmul reaches here, measured in the same run.
+Figures go to reports/benchmark.md (and .json) and to stdout. Not a test: nothing asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_ARCHIVE = ROOT.parent / "shared/data/dogs-vs-cats-6000.zip"
+
+
+def run_stage(args: list[str], cwd: Path) -> dict:
+    """One pipeline stage as its own process, as DVC runs it: wall seconds and peak RSS."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"stage {' '.join(args)} failed: {process.stderr.read()[-2000:]}")
+    return {"seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """The FLOP rate a large float32 matmul reaches: the practical limit of this CPU."""
+    import tensorflow as tf
+
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    tf.matmul(a, b).numpy()  # warm up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        tf.matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def forward_flops(model) -> float:
+    """Multiply-adds x 2 of the conv, depthwise and dense layers for one image."""
+    import keras
+
+    total = 0.0
+    layers = []
+    stack = [model]
+    while stack:  # nested models (a base inside a classifier)
+        layer = stack.pop()
+        if isinstance(layer, keras.Model):
+            stack.extend(layer.layers)
+        else:
+            layers.append(layer)
+    for layer in layers:
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            _, h, w, c = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += 2 * h * w * c * kh * kw
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += 2 * h * w * c_out * kh * kw * layer.input.shape[-1]
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return total
+
+
+def seconds_per_step(model, dataset, steps: int) -> float:
+    """One untimed pass of `steps` (tracing, warm-up), then a timed one."""
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    started = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    return (time.perf_counter() - started) / steps
+
+
+def epoch_times(work: Path, steps: int) -> dict:
+    import keras
+    import pandas as pd
+
+    from pipeline.data.dataset import make_dataset
+    from pipeline.data.prepare import load_prepared
+    from pipeline.models.augment import augmentation_layers
+    from pipeline.models.scratch import build_convnet
+    from pipeline.params import load_params
+    from pipeline.train import compile_model
+
+    os.chdir(work)
+    params = load_params()
+    images, labels = load_prepared(150, "train")
+    # The reference reads the same training images from folders, as the book's readers do.
+    folders = work / "reference/train"
+    split = pd.read_csv("data/split.csv")
+    for row in split[split.split == "train"].itertuples():
+        target = folders / row.label / Path(row.path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            target.symlink_to((work / row.path).resolve())
+
+    results = {}
+    for model_name, batch_size in (("baseline", 20), ("augmented", 32)):
+        augmented = model_name == "augmented"
+
+        def build(policy: str = "float32"):
+            keras.mixed_precision.set_global_policy(policy)
+            keras.utils.set_random_seed(0)
+            aug = augmentation_layers(params.augmentation, 0) if augmented else None
+            model = build_convnet(150, 0.5 if augmented else 0.0, aug)
+            compile_model(model, 1e-4)
+            return model
+
+        ours = make_dataset(images, labels, batch_size, training=True, repeat=True)
+        reference = keras.utils.image_dataset_from_directory(
+            folders, label_mode="binary", image_size=(150, 150), batch_size=batch_size, shuffle=True, seed=0,
+            verbose=False).repeat()
+        ref_s = seconds_per_step(build(), reference, steps)
+        ours_s = seconds_per_step(build(), ours, steps)
+        bf16_s = seconds_per_step(build("mixed_bfloat16"), ours, steps)
+        keras.mixed_precision.set_global_policy("float32")
+        results[model_name] = {
+            "batch_size": batch_size,
+            "reference_s_per_epoch": round(ref_s * 100, 1),
+            "ours_s_per_epoch": round(ours_s * 100, 1),
+            "ratio": round(ours_s / ref_s, 3),
+            "ours_bf16_s_per_epoch": round(bf16_s * 100, 1),
+            "ratio_bf16": round(bf16_s / ref_s, 3),
+        }
+        print(model_name, results[model_name], flush=True)
+    return results
+
+
+def throughput(work: Path, peak_gflops: float, n_images: int = 256) -> dict:
+    import keras
+    import numpy as np
+
+    from pipeline.data.dataset import make_dataset
+    from pipeline.data.prepare import load_prepared
+    from pipeline.models.bases import BASES
+    from pipeline.models.scratch import build_convnet
+    from pipeline.train import compile_model
+
+    os.chdir(work)
+    results = {}
+    for name, size in (("vgg16", 150), ("efficientnet_lite0", 224)):
+        images, _ = load_prepared(size, "train")
+        images = images[:n_images]
+        inputs = keras.Input((size, size, 3))
+        base = BASES[name].build(size)  # random weights: the same FLOPs as ImageNet's
+        model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(base(BASES[name].preprocess()(inputs))))
+        dataset = make_dataset(images, np.zeros(len(images)), 32).map(lambda x, y: x)
+        model.predict(dataset.take(2), verbose=0)  # warm up
+        started = time.perf_counter()
+        model.predict(dataset, verbose=0)
+        per_second = len(images) / (time.perf_counter() - started)
+        flops = forward_flops(model)
+        results[f"extract_{name}"] = {
+            "image_size": size, "images_per_s": round(per_second, 1), "gflops_per_image": round(flops / 1e9, 2),
+            "fraction_of_matmul_limit": round(flops * per_second / 1e9 / peak_gflops, 3),
+        }
+        print(f"extract {name}", results[f"extract_{name}"], flush=True)
+    images, labels = load_prepared(150, "train")
+    model = build_convnet(150)
+    compile_model(model, 1e-4)
+    step = seconds_per_step(model, make_dataset(images, labels, 20, training=True, repeat=True), 20)
+    flops = 3 * forward_flops(model)  # forward + backward ~ 3 x forward
+    results["train_baseline"] = {
+        "images_per_s": round(20 / step, 1), "gflops_per_image": round(flops / 1e9, 2),
+        "fraction_of_matmul_limit": round(flops * 20 / step / 1e9 / peak_gflops, 3),
+    }
+    print("train baseline", results["train_baseline"], flush=True)
+    return results
+
+
+def markdown(figures: dict) -> str:
+    lines = [
+        "# Benchmark", "",
+        f"`python benchmarks/benchmark.py` on {figures['machine']}; matmul limit "
+        f"{figures['matmul_gflops']:.0f} GFLOP/s (float32, 2048x2048).", "",
+        "## Data stages (each its own process, as under `dvc repro`)", "",
+        "| stage | seconds | peak RSS (MB) |", "| --- | --- | --- |",
+    ]
+    lines += [f"| {k} | {v['seconds']} | {v['peak_rss_mb']} |" for k, v in figures["stages"].items()]
+    lines += ["", "## Seconds per book epoch (100 steps)", "",
+              "| model | batch | plain Keras (JPEGs from folders) | ours | ratio | ours, bfloat16 | ratio |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in figures["epochs"].items():
+        lines.append(f"| {name} | {r['batch_size']} | {r['reference_s_per_epoch']} | {r['ours_s_per_epoch']} | "
+                     f"{r['ratio']} | {r['ours_bf16_s_per_epoch']} | {r['ratio_bf16']} |")
+    lines += ["", "## Throughput against the FLOP limit", "",
+              "| what | images/s | GFLOP per image | fraction of the matmul limit |", "| --- | --- | --- | --- |"]
+    for name, r in figures["throughput"].items():
+        lines.append(f"| {name} | {r['images_per_s']} | {r['gflops_per_image']} | {r['fraction_of_matmul_limit']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
+    parser.add_argument("--out", type=Path, default=ROOT / "reports/benchmark.md")
+    args = parser.parse_args()
+    if not args.archive.is_file():
+        raise SystemExit(f"{args.archive} not found: pass --archive")
+
+    work = Path(tempfile.mkdtemp(prefix="benchmark-"))
+    for name in ("pipeline", "params.yaml"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, work / name)
+    import yaml
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"]["source"] = str(args.archive.resolve())
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+
+    stages = {}
+    for stage in (["download"], ["split"], ["prepare", "150"], ["prepare", "224"]):
+        stages[" ".join(stage)] = run_stage(stage, work)
+        print(" ".join(stage), stages[" ".join(stage)], flush=True)
+    peak = matmul_gflops()
+    print(f"matmul limit {peak:.0f} GFLOP/s", flush=True)
+    figures = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "matmul_gflops": round(peak, 1),
+        "stages": stages,
+        "epochs": epoch_times(work, args.steps),
+        "throughput": throughput(work, peak),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(markdown(figures))
+    args.out.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(markdown(figures))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Training under a distribution strategy, and training that is interrupted and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from conftest import make_project, ran_stages, run, update_params
+from synthetic import write_archive
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 12
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runtime")
+    archive = write_archive(root / "sample.zip", per_class=40, size=64)
+    project = make_project(root / "project", {
+        "data": {"source": str(archive)},
+        "split": {"train": 24, "validation": 8, "test": 8},
+        "prepare": {"image_sizes": [48]},
+        "train": {"baseline": {"image_size": 48, "epochs": EPOCHS, "batch_size": 8, "steps_per_epoch": 40,
+                               "learning_rate": 1e-3},
+                  "augmented": {"image_size": 48}},
+        "pretrained": {"bases": {"__replace__": True, "vgg16": {
+            "image_size": 48, "weights": "random", "pooling": "flatten", "finetune_from": "block5_conv1"}}},
+    })
+    run(["dvc", "repro", "prepare@48"], project)
+    return project
+
+
+def runs_of(project, name):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dogs-vs-cats")
+    runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'",
+                              order_by=["attributes.start_time ASC"])
+    return client, runs
+
+
+def test_mirrored_strategy_on_two_logical_cpus(project):
+    update_params(project, {"train": {"runtime": {"strategy": "mirrored"}, "baseline": {"epochs": 2, "steps_per_epoch": 0}}})
+    try:
+        result = run([sys.executable, "-m", "pipeline", "train", "baseline"], project,
+                     env={"PIPELINE_LOGICAL_CPUS": "2"})
+    finally:
+        update_params(project, {"train": {"runtime": {"strategy": "auto"}, "baseline": {"epochs": EPOCHS, "steps_per_epoch": 40}}})
+    assert "test accuracy" in result.stdout
+    _, runs = runs_of(project, "baseline")
+    tags = runs[-1].data.tags
+    assert (tags["strategy"], tags["replicas"]) == ("MirroredStrategy", "2")
+    assert runs[-1].data.metrics["test_accuracy"] >= 0.75  # it learns when split over two devices
+
+
+def start_stage(project):
+    """`dvc repro baseline` in the background; return it and the training process under it."""
+    dvc = subprocess.Popen(["dvc", "repro", "baseline"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        histories = list((project / ".checkpoints").glob("baseline-*/history.csv"))
+        if histories and len(histories[0].read_text().splitlines()) >= 3:  # two epochs recorded, one or two backed up
+            children = psutil.Process(dvc.pid).children(recursive=True)
+            trainer = next(p for p in children if "pipeline" in " ".join(p.cmdline()))
+            return dvc, trainer
+        assert dvc.poll() is None, dvc.stdout.read()
+        time.sleep(0.1)
+    dvc.kill()
+    raise AssertionError("training did not reach epoch 2 in time")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_interrupted_training_leaves_nothing_and_resumes(project, sig):
+    dvc, trainer = start_stage(project)
+    trainer.send_signal(sig)
+    output, _ = dvc.communicate(timeout=120)
+    assert dvc.returncode != 0
+    # Nothing DVC could cache: no model, no metrics; the stage is still to be run.
+    assert not (project / "models/baseline.keras").exists()
+    assert not (project / "reports/metrics/baseline.json").exists()
+    assert "baseline" in run(["dvc", "status", "baseline"], project).stdout
+    client, runs = runs_of(project, "baseline")
+    interrupted = runs[-1]
+    if sig == signal.SIGTERM:
+        assert interrupted.info.status == "KILLED"  # ended by the stage itself
+    else:
+        assert interrupted.info.status == "RUNNING"  # nobody could end it: the next run will
+
+    result = run(["dvc", "repro", "baseline"], project)
+    assert ran_stages(result.stdout) == ["baseline"]
+    assert "resuming after epoch" in result.stdout
+    metrics = json.loads((project / "reports/metrics/baseline.json").read_text())
+    assert metrics["epochs"] == EPOCHS
+    client, runs = runs_of(project, "baseline")
+    assert client.get_run(interrupted.info.run_id).info.status == "KILLED"
+    resumed = runs[-1]
+    assert resumed.info.status == "FINISHED" and int(resumed.data.tags["resumed_from_epoch"]) >= 1
+    steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "val_accuracy")]
+    assert steps == list(range(1, EPOCHS + 1))  # the whole curve, also the epochs before the interruption
+    assert not list((project / ".checkpoints").glob("baseline-*"))  # cleaned up after success
+    # The next parametrisation trains again from scratch: another param, another stage run.
+    update_params(project, {"train": {"baseline": {"learning_rate": 1e-3 * (2 if sig == signal.SIGTERM else 3)}}})
