@@ -23,18 +23,9 @@ import psutil
 import requests
 
 from pipeline.errors import PipelineError
+from pipeline.project import project_root
 
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "dogs-vs-cats")
-
-
-def project_root(cwd: Path | None = None) -> Path:
-    """The user's project root, also when DVC runs the stage in .dvc/tmp/exps/<tmp>/."""
-    cwd = (cwd or Path.cwd()).resolve()
-    parts = cwd.parts
-    for i in range(len(parts) - 3):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return cwd
 
 
 def tracking_uri() -> str:

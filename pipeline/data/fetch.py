@@ -16,6 +16,7 @@ import requests
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
+from pipeline.project import project_root
 
 DOWNLOAD_CACHE = Path("data/downloads")
 RETRIES = 5
@@ -43,19 +44,21 @@ def local_path(source: str) -> Path:
     parsed = urllib.parse.urlparse(source)
     if parsed.scheme == "file":
         return Path(urllib.parse.unquote(parsed.path))
-    return Path(source).expanduser()
+    # Relative to the user's project, also from a `dvc exp run --temp` copy of it.
+    return project_root() / Path(source).expanduser()
 
 
 def fetch_archive(
     source: str,
     sha256: str = "",
-    cache_dir: Path = DOWNLOAD_CACHE,
+    cache_dir: Path | None = None,
     retries: int = RETRIES,
     backoff_seconds: float = 1.0,
 ) -> Path:
     """Return a local path to the archive, downloading it first if `source` is a URL."""
     if is_url(source):
-        path = _download(source, cache_dir, retries, backoff_seconds)
+        # One cache in the user's project: experiments in temporary copies reuse it too.
+        path = _download(source, cache_dir or project_root() / DOWNLOAD_CACHE, retries, backoff_seconds)
     else:
         path = local_path(source)
         if not path.is_file():

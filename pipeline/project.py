@@ -1,0 +1,17 @@
+"""Where the user's project is, also when DVC runs a stage in a temporary copy of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    """The user's project root. `dvc exp run --temp/--queue` runs stages in
+    `<root>/.dvc/tmp/exps/<tmp>/`: paths meant for the user's project (the MLflow store, a
+    relative data.source) must resolve against `<root>`, not against that copy."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd
