@@ -76,6 +76,7 @@ class FrozenAugParams(Section):
     steps_per_epoch: NonNegativeInt = 0
     learning_rate: LearningRate
     dense_units: PositiveInt = 256
+    cached_copies: NonNegativeInt = 0
 
 
 class FinetuneParams(Section):

@@ -117,25 +117,66 @@ def train_features(params: Params, base: str) -> dict:
 
 
 def train_frozen_aug(params: Params, base: str) -> dict:
-    """Listing 5.20-5.21: the frozen base inside the model, trained with augmentation."""
+    """Listing 5.20-5.21: the frozen base inside the model, trained with augmentation.
+
+    With `cached_copies: K` (the CPU fast path) the base runs once over K augmented copies
+    of the training set and the dense head trains on those features; the saved model is
+    the same architecture as on-the-fly training, so finetune continues from either."""
+    import time
+
     from pipeline import train
     from pipeline.models.augment import augmentation_layers
-    from pipeline.models.pretrained import frozen_base_model
+    from pipeline.models.pretrained import dense_head, frozen_base_model, with_head
 
     settings, base_settings = params.train.frozen_aug, _base(params, base)
-    job = train.Job(
-        name=f"frozen_aug-{base}", stage=f"frozen_aug@{base}",
-        build_model=lambda: frozen_base_model(
+
+    def full_model():
+        return frozen_base_model(
             base, base_settings.image_size, base_settings.pooling, settings.dense_units,
-            augmentation_layers(params.augmentation, params.train.seed), f"frozen_aug_{base}"),
-        data=_images(base_settings.image_size), epochs=settings.epochs, batch_size=settings.batch_size,
+            augmentation_layers(params.augmentation, params.train.seed), f"frozen_aug_{base}")
+
+    build_model, export, data, extra_seconds = full_model, None, _images(base_settings.image_size), 0.0
+    if settings.cached_copies:
+        started = time.perf_counter()
+        data = _augmented_features(params, base, data, settings.cached_copies)
+        extra_seconds = time.perf_counter() - started
+        build_model = lambda: dense_head(data.train[0].shape[1], settings.dense_units, 0.0, f"frozen_aug_head_{base}")
+        export = lambda head: with_head(full_model(), head)
+    job = train.Job(
+        name=f"frozen_aug-{base}", stage=f"frozen_aug@{base}", build_model=build_model, export=export,
+        data=data, epochs=settings.epochs, batch_size=settings.batch_size,
         learning_rate=settings.learning_rate, steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
+        extra_seconds=extra_seconds,
         params={"train": {**_shared_train_params(params), "frozen_aug": settings.model_dump()},
                 "augmentation": params.augmentation.model_dump(),
                 "pretrained": {"base": base, base: base_settings.model_dump()}},
         tags=_common_tags(params, base_settings.image_size, base),
     )
     return train.run(job, params)
+
+
+def _augmented_features(params: Params, base: str, images, copies: int):
+    """Features of `copies` augmented passes over the training set, and of the clean
+    validation and test sets, through the frozen base."""
+    from pipeline.data.dataset import make_dataset
+    from pipeline.models.augment import augmentation_layers
+    from pipeline.models.pretrained import extract_features, feature_extractor
+    from pipeline.train import Splits
+
+    settings = _base(params, base)
+    extractor = feature_extractor(base, settings.image_size, settings.pooling)
+    augment = augmentation_layers(params.augmentation, params.train.seed)
+    x_train, y_train = images.train
+    train_features = []
+    for copy in range(copies):
+        print(f"augmented copy {copy + 1}/{copies} through {base}")
+        dataset = make_dataset(x_train, y_train, 32).map(lambda x, y: augment(x, training=True))
+        train_features.append(extractor.predict(dataset, verbose=2).astype(np.float32))
+    return Splits(
+        (np.concatenate(train_features), np.tile(y_train, copies)),
+        (extract_features(extractor, images.validation[0]), images.validation[1]),
+        (extract_features(extractor, images.test[0]), images.test[1]),
+    )
 
 
 def train_finetune(params: Params, base: str) -> dict:

@@ -54,6 +54,8 @@ class Job:
     batch_size: int
     learning_rate: float
     steps_per_epoch: int = 0  # 0: one pass over the training set
+    export: Callable[[keras.Model], keras.Model] | None = None  # the model to save, from the trained one
+    extra_seconds: float = 0.0  # training work done before fit (cached augmented features)
     seed: int = 0
     params: dict = field(default_factory=dict)  # the stage's params.yaml sections
     tags: dict = field(default_factory=dict)  # conv base, image size, ...
@@ -154,13 +156,13 @@ def run(job: Job, params) -> dict:
                 callbacks=[recorder, keras.callbacks.BackupAndRestore(str(checkpoints))],
                 verbose=2,  # one line per epoch: readable in `dvc repro` logs
             )
-            train_seconds = time.perf_counter() - started + sum(r["epoch_seconds"] for r in previous)
+            train_seconds = time.perf_counter() - started + sum(r["epoch_seconds"] for r in previous) + job.extra_seconds
             test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
             predicted = (model.predict(test_ds, verbose=0).ravel() > 0.5).astype(int)
             history = pd.DataFrame(recorder.rows)
             metrics = _summarise(history, test_loss, test_accuracy, train_seconds)
             mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-            _write_outputs(job, model, history, metrics, _confusion(y_test.ravel().astype(int), predicted))
+            _write_outputs(job, job.export(model) if job.export else model, history, metrics, _confusion(y_test.ravel().astype(int), predicted))
         except KeyboardInterrupt:
             mlflow.end_run(status="KILLED")  # the context manager would say FAILED
             raise

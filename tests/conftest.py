@@ -27,6 +27,7 @@ class ArchiveServer(http.server.ThreadingHTTPServer):
         self.directory = directory
         self.faults: dict[str, list] = {}
         self.requests: list[dict] = []
+        self.honour_range = True  # False: a server that always sends the whole file
         super().__init__(("127.0.0.1", 0), _Handler)
 
     @property
@@ -52,7 +53,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         data = path.read_bytes()
         start = 0
-        if rng := self.headers.get("Range"):
+        if (rng := self.headers.get("Range")) and server.honour_range:
             start = int(rng.removeprefix("bytes=").split("-")[0])
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")

@@ -89,6 +89,15 @@ def test_broken_transfer_resumes_with_range(archive_server):
     assert 0 < resumed_at <= archive.stat().st_size // 2
 
 
+def test_broken_transfer_restarts_cleanly_when_range_is_ignored(archive_server):
+    archive = write_archive(archive_server.directory / "a.zip", per_class=40)
+    archive_server.honour_range = False
+    archive_server.faults["a.zip"] = ["cut"]
+    path = fetch_over_http(archive_server, "a.zip")
+    assert path.read_bytes() == archive.read_bytes()  # not the first half twice
+    assert archive_server.requests[1]["range"] is not None  # it asked to resume, got a 200
+
+
 def test_cached_download_is_reused(archive_server):
     write_archive(archive_server.directory / "a.zip", per_class=2)
     fetch_over_http(archive_server, "a.zip")

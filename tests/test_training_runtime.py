@@ -109,3 +109,25 @@ def test_interrupted_training_leaves_nothing_and_resumes(project, sig):
     assert not list((project / ".checkpoints").glob("baseline-*"))  # cleaned up after success
     # The next parametrisation trains again from scratch: another param, another stage run.
     update_params(project, {"train": {"baseline": {"learning_rate": 1e-3 * (2 if sig == signal.SIGTERM else 3)}}})
+
+
+def test_frozen_aug_cached_copies_fast_path_feeds_finetune(project):
+    """K augmented copies through the frozen base once, the head trained on them, and a
+    saved model of the usual architecture that finetune continues from."""
+    import keras
+
+    import pipeline.models.preprocess  # noqa: F401  registers the Preprocess layer
+
+    update_params(project, {"train": {"frozen_aug": {"cached_copies": 2, "epochs": 2, "batch_size": 8,
+                                                     "steps_per_epoch": 0, "learning_rate": 1e-3},
+                                      "finetune": {"epochs": 1, "batch_size": 8, "steps_per_epoch": 0}}})
+    run([sys.executable, "-m", "pipeline", "base-weights", "vgg16"], project)
+    result = run([sys.executable, "-m", "pipeline", "train", "frozen_aug", "--base", "vgg16"], project)
+    assert "augmented copy 2/2 through vgg16" in result.stdout
+    assert "48 train" in result.stdout  # 2 copies x 24 training images
+    model = keras.models.load_model(project / "models/frozen_aug-vgg16.keras")
+    assert {"augmentation", "vgg16"} <= {layer.name for layer in model.layers}
+    _, runs = runs_of(project, "frozen_aug-vgg16")
+    assert runs[-1].data.params["train.frozen_aug.cached_copies"] == "2"
+    run([sys.executable, "-m", "pipeline", "train", "finetune", "--base", "vgg16"], project)
+    assert json.loads((project / "reports/metrics/finetune-vgg16.json").read_text())["epochs"] == 1

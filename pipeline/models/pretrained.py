@@ -68,3 +68,13 @@ def unfreeze_from(model: keras.Model, base_name: str, first_layer: str) -> None:
     start = names.index(first_layer)
     for layer in base.layers[:start]:
         layer.trainable = False
+
+
+def with_head(model: keras.Model, head: keras.Model) -> keras.Model:
+    """`model` (a frozen_base_model) with the Dense weights of `head` (a dense_head of the
+    same sizes, trained on cached features)."""
+    targets = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    sources = [layer for layer in head.layers if isinstance(layer, keras.layers.Dense)]
+    for target, source in zip(targets, sources, strict=True):
+        target.set_weights(source.get_weights())
+    return model

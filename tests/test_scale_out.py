@@ -1,0 +1,298 @@
+"""Scaling the pipeline out, with real processes: a shared MLflow tracking server, a DVC
+remote (push, clone, pull), a parallel experiment sweep through the DVC queue, and a stage
+whose output directory cannot be written.
+
+One tiny project (synthetic images, 2 epochs, VGG16 with random weights) whose data stages
+and `baseline` run once, in the module fixture. The tests run in file order: the remote and
+the sweep need the workspace to match dvc.lock; the tracking-server test retrains `baseline`
+outside DVC and the unwritable-output test forces it to rerun.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import make_project, ran_stages, run
+from synthetic import write_archive
+
+pytestmark = pytest.mark.slow
+
+MLFLOW = str(Path(sys.executable).parent / "mlflow")
+EXPERIMENT = "dogs-vs-cats"
+TINY = {"epochs": 2, "batch_size": 10, "steps_per_epoch": 0}
+SWEEP = ("0.001", "0.002")  # train.baseline.learning_rate values; the project's own is 5e-4
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 (sqlite backend, artifacts proxied by the server: the
+    default --serve-artifacts), in its own process group so that stopping it stops uvicorn."""
+
+    def __init__(self, root: Path):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.artifacts = root / "server-artifacts"
+        self.log = root / "server.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                 "--artifacts-destination", str(self.artifacts)],
+                cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                # MLflow 3 also starts a job runner with 7 huey consumers: not needed here, and
+                # it doubles the start-up time on a loaded machine.
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            )
+
+    def healthy(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def wait_healthy(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if self.process.poll() is not None:
+                pytest.fail(f"mlflow server exited ({self.process.returncode}):\n{self.log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not healthy after {timeout} s:\n{self.log.read_text()}")
+            time.sleep(1)
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mlflow_server):
+    # mlflow_server is requested here only so that its slow start-up overlaps the data stages.
+    root = tmp_path_factory.mktemp("scale-out")
+    archive = write_archive(root / "sample.zip", per_class=30, size=48)
+    project = make_project(root / "project", {
+        "data": {"source": str(archive)},
+        "split": {"train": 16, "validation": 6, "test": 6},
+        "prepare": {"image_sizes": [32, 48]},
+        "train": {
+            "baseline": {"image_size": 48, **TINY, "learning_rate": 5e-4},
+            "augmented": {"image_size": 48, **TINY, "learning_rate": 1e-3},
+            "features": {"epochs": 2, "batch_size": 10, "learning_rate": 1e-3},
+            "frozen_aug": {**TINY, "learning_rate": 1e-3},
+            "finetune": {**TINY},
+        },
+        "pretrained": {"bases": {"__replace__": True, "vgg16": {
+            "image_size": 32, "weights": "random", "pooling": "flatten", "finetune_from": "block5_conv1"}}},
+    })
+    result = run(["dvc", "repro", "baseline"], project)
+    assert ran_stages(result.stdout) == ["download", "split", "prepare@48", "baseline"]
+    return project
+
+
+def commit(project: Path, message: str) -> None:
+    """Commit dvc.lock, DVC's .gitignore files, the uncached reports and .dvc/config; not
+    mlartifacts/ (the local MLflow artifact store, which .gitignore does not list)."""
+    run(["git", "add", "-A", "--", ".", ":!mlartifacts"], project)
+    if run(["git", "diff", "--cached", "--quiet"], project, check=False).returncode:
+        run(["git", "commit", "-qm", message], project)
+
+
+def local_runs(project: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def cache_files(project: Path) -> set[str]:
+    return {str(p.relative_to(project)) for p in (project / ".dvc/cache").rglob("*") if p.is_file()}
+
+
+def test_dvc_remote_push_then_clone_and_pull(project, tmp_path):
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "add", "-d", "local", str(remote)], project)
+    commit(project, "baseline reproduced; local DVC remote")
+    assert "pushed" in run(["dvc", "push"], project).stdout
+    assert any(p.is_file() for p in remote.rglob("*"))
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    assert not (clone / "data/images").exists() and not (clone / "models/baseline.keras").exists()
+    # Plain `dvc pull` exits 1 here: the stages never reproduced (augmented, vgg16, report)
+    # have no lock entry, so their outputs are "missing". Pull what `baseline` needs.
+    run(["dvc", "pull", "--with-deps", "baseline"], clone)
+    for name in ("data/images", "data/prepared/48px", "models/baseline.keras"):
+        original, restored = project / name, clone / name
+        if original.is_dir():
+            files = sorted(str(p.relative_to(original)) for p in original.rglob("*") if p.is_file())
+            assert files and files == sorted(str(p.relative_to(restored)) for p in restored.rglob("*") if p.is_file())
+        else:
+            assert restored.read_bytes() == original.read_bytes()
+    assert run(["dvc", "status", "--with-deps", "baseline"], clone).stdout.strip() == "Data and pipelines are up to date."
+    assert ran_stages(run(["dvc", "repro", "baseline"], clone).stdout) == []
+
+
+def test_queued_sweep_runs_in_parallel_into_one_mlflow_store(project):
+    commit(project, "before the sweep")
+    before = {r.info.run_id for r in local_runs(project)}
+    names = []
+    for rate in SWEEP:
+        out = run(["dvc", "exp", "run", "--queue", "-S", f"train.baseline.learning_rate={rate}", "baseline"], project).stdout
+        names.append(re.search(r"Queued experiment '([^']+)'", out).group(1))
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline, status = time.monotonic() + 600, ""
+    try:
+        while time.monotonic() < deadline:
+            status = run(["dvc", "queue", "status"], project).stdout
+            if not re.search(r"\b(Queued|Running)\b", status):
+                break
+            time.sleep(3)
+        else:
+            pytest.fail(f"queue not done after 600 s:\n{status}")
+    finally:
+        if re.search(r"\b(Queued|Running)\b", status):
+            run(["dvc", "queue", "stop", "--kill"], project, check=False)
+    for name in names:
+        assert re.search(rf"{name}\s.*\bSuccess\b", status), status
+
+    new = [r for r in local_runs(project) if r.info.run_id not in before]
+    assert sorted((r.info.run_name, r.info.status) for r in new) == [("baseline", "FINISHED")] * 2
+    by_exp = {r.data.tags.get("dvc.exp_name"): r.data.params["train.baseline.learning_rate"] for r in new}
+    assert by_exp == dict(zip(names, SWEEP))
+    assert all(r.info.artifact_uri.startswith((project / "mlartifacts").as_uri()) for r in new)
+    assert not list((project / ".dvc/tmp").rglob("mlflow.db"))  # not in the queue's copies
+
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
+    rows = {row["Experiment"]: row for row in csv.DictReader(io.StringIO(shown)) if row["Experiment"]}
+    assert set(names) <= set(rows), shown
+    for name, run_ in ((r.data.tags["dvc.exp_name"], r) for r in new):
+        assert rows[name]["State"] == "Success"
+        assert float(rows[name]["train.baseline.learning_rate"]) == float(run_.data.params["train.baseline.learning_rate"])
+        assert float(rows[name]["test_accuracy"]) == run_.data.metrics["test_accuracy"]
+
+
+def test_shared_tracking_server_and_unreachable_server(project, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    mlflow_server.wait_healthy()
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
+    result = run(["python", "-m", "pipeline", "train", "baseline"], project, env=env)
+    assert "Epoch 2/2" in result.stdout
+
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    (run_,) = client.search_runs([experiment.experiment_id])
+    assert (run_.info.run_name, run_.info.status) == ("baseline", "FINISHED")
+    assert [m.step for m in client.get_metric_history(run_.info.run_id, "val_accuracy")] == [1, 2]
+    assert 0 <= run_.data.metrics["test_accuracy"] <= 1
+    assert run_.data.params["train.baseline.epochs"] == "2"
+    assert [a.path for a in client.list_artifacts(run_.info.run_id, "model")] == ["model/baseline.keras"]
+    assert "figures/curves.png" in {a.path for a in client.list_artifacts(run_.info.run_id, "figures")}
+    # Uploaded through the server (mlflow-artifacts:/), not written into the project.
+    assert run_.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert list(mlflow_server.artifacts.rglob("baseline.keras"))
+    assert run_.info.run_id not in {r.info.run_id for r in local_runs(project)}
+
+    mlflow_server.stop()
+    assert not mlflow_server.healthy()
+    model_mtime = (project / "models/baseline.keras").stat().st_mtime_ns
+    result = run(["python", "-m", "pipeline", "train", "baseline"], project, check=False, env=env)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and mlflow_server.url in errors[0] and "unreachable" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Epoch 1" not in result.stdout
+    assert (project / "models/baseline.keras").stat().st_mtime_ns == model_mtime
+
+
+def _make_unwritable(directory: Path) -> str | None:
+    """Make `directory` refuse new files, also for root; return how, or None if impossible."""
+
+    def refuses() -> bool:
+        probe = directory / ".probe"
+        try:
+            probe.write_bytes(b"")
+        except OSError:
+            return True
+        probe.unlink()
+        return False
+
+    directory.chmod(0o555)
+    if not os.access(directory, os.W_OK) and refuses():
+        return "chmod"
+    directory.chmod(0o755)  # root ignores modes: the immutable attribute (ext2/3/4) binds root too
+    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0 and refuses():
+        return "chattr"
+    subprocess.run(["chattr", "-i", str(directory)], capture_output=True)
+    return None
+
+
+def _restore_writable(directory: Path, how: str | None) -> None:
+    if how == "chattr":
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+    directory.chmod(0o755)
+
+
+def test_unwritable_models_dir_fails_the_stage_cleanly(project):
+    models = project / "models"
+    (models / "baseline.keras").unlink()  # in the cache; DVC would delete it before the stage anyway
+    runs_before = {r.info.run_id for r in local_runs(project)}
+    cache_before = cache_files(project)
+    how = _make_unwritable(models)
+    if how is None:
+        pytest.skip("cannot make a directory unwritable here (root, and no chattr +i)")
+    try:
+        result = run(["dvc", "repro", "baseline"], project, check=False)
+        status = run(["dvc", "status", "baseline"], project).stdout
+    finally:
+        _restore_writable(models, how)
+
+    assert result.returncode != 0
+    assert "Running stage 'baseline'" in result.stdout and "Epoch 2/2" in result.stdout  # the stage itself failed
+    assert "failed to reproduce 'baseline'" in result.stderr
+    assert re.search(r"\[Errno \d+\] [^:\n]+: 'models/[^'\n]*baseline[^'\n]*\.keras'", result.stderr), result.stderr
+    # The MLflow run is closed as FAILED, not left RUNNING.
+    new = [r for r in local_runs(project) if r.info.run_id not in runs_before]
+    assert [(r.info.run_name, r.info.status) for r in new] == [("baseline", "FAILED")]
+    assert new[0].info.end_time
+    # Nothing partial was cached or left behind; DVC still sees the stage as not done.
+    assert cache_files(project) == cache_before
+    assert sorted(p.name for p in models.iterdir()) == [".gitignore"]
+    assert not [p for p in (project / "reports").rglob("*.tmp")]
+    assert status.startswith("baseline:") and re.search(r"deleted:\s+models/baseline\.keras", status), status
+
+    result = run(["dvc", "repro", "baseline"], project)
+    assert ran_stages(result.stdout) == ["baseline"]
+    assert (models / "baseline.keras").stat().st_size > 0
+    assert run(["dvc", "status", "baseline"], project).stdout.strip() == "Data and pipelines are up to date."
+    assert local_runs(project)[-1].info.status == "FINISHED"
