@@ -124,7 +124,7 @@ def test_frozen_aug_cached_copies_fast_path_feeds_finetune(project):
     run([sys.executable, "-m", "pipeline", "base-weights", "vgg16"], project)
     result = run([sys.executable, "-m", "pipeline", "train", "frozen_aug", "--base", "vgg16"], project)
     assert "augmented copy 2/2 through vgg16" in result.stdout
-    assert "48 train" in result.stdout  # 2 copies x 24 training images
+    assert "96 train" in result.stdout  # 2 copies x 48 training images
     model = keras.models.load_model(project / "models/frozen_aug-vgg16.keras")
     assert {"augmentation", "vgg16"} <= {layer.name for layer in model.layers}
     _, runs = runs_of(project, "frozen_aug-vgg16")
