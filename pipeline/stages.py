@@ -28,8 +28,15 @@ def _common_tags(params: Params, image_size: int, base: str = "none") -> dict:
     return {"base": base, "image_size": image_size, "seed": params.train.seed, "split_sha256": split_hash}
 
 
-def _shared_train_params(params: Params) -> dict:
-    return {"seed": params.train.seed, "runtime": params.train.runtime.model_dump()}
+def _logged_params(params: Params, model: str, augmented: bool, base: str | None = None) -> dict:
+    """The params.yaml sections a model's stage reads, for its MLflow run."""
+    logged = {"train": {"seed": params.train.seed, "runtime": params.train.runtime.model_dump(),
+                        model: getattr(params.train, model).model_dump()}}
+    if augmented:
+        logged["augmentation"] = params.augmentation.model_dump()
+    if base:
+        logged["pretrained"] = {"base": base, base: params.pretrained.bases[base].model_dump()}
+    return logged
 
 
 def train_scratch(params: Params, model: str) -> dict:
@@ -40,9 +47,6 @@ def train_scratch(params: Params, model: str) -> dict:
 
     settings = getattr(params.train, model)
     augmented = model == "augmented"
-    logged = {"train": {**_shared_train_params(params), model: settings.model_dump()}}
-    if augmented:
-        logged["augmentation"] = params.augmentation.model_dump()
     job = train.Job(
         name=model, stage=model,
         build_model=lambda: build_convnet(
@@ -51,7 +55,7 @@ def train_scratch(params: Params, model: str) -> dict:
         data=_images(settings.image_size),
         epochs=settings.epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
-        params=logged, tags=_common_tags(params, settings.image_size),
+        params=_logged_params(params, model, augmented), tags=_common_tags(params, settings.image_size),
     )
     return train.run(job, params)
 
@@ -109,8 +113,7 @@ def train_features(params: Params, base: str) -> dict:
         build_model=lambda: dense_head(data.train[0].shape[1], settings.dense_units, settings.dropout, f"features_{base}"),
         data=data, epochs=settings.epochs, batch_size=settings.batch_size,
         learning_rate=settings.learning_rate, seed=params.train.seed,
-        params={"train": {**_shared_train_params(params), "features": settings.model_dump()},
-                "pretrained": {"base": base, base: base_settings.model_dump()}},
+        params=_logged_params(params, "features", augmented=False, base=base),
         tags=_common_tags(params, base_settings.image_size, base),
     )
     return train.run(job, params)
@@ -147,9 +150,7 @@ def train_frozen_aug(params: Params, base: str) -> dict:
         data=data, epochs=settings.epochs, batch_size=settings.batch_size,
         learning_rate=settings.learning_rate, steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
         extra_seconds=extra_seconds,
-        params={"train": {**_shared_train_params(params), "frozen_aug": settings.model_dump()},
-                "augmentation": params.augmentation.model_dump(),
-                "pretrained": {"base": base, base: base_settings.model_dump()}},
+        params=_logged_params(params, "frozen_aug", augmented=True, base=base),
         tags=_common_tags(params, base_settings.image_size, base),
     )
     return train.run(job, params)
@@ -200,9 +201,7 @@ def train_finetune(params: Params, base: str) -> dict:
         name=f"finetune-{base}", stage=f"finetune@{base}", build_model=build_model,
         data=_images(base_settings.image_size), epochs=settings.epochs, batch_size=settings.batch_size,
         learning_rate=settings.learning_rate, steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
-        params={"train": {**_shared_train_params(params), "finetune": settings.model_dump()},
-                "augmentation": params.augmentation.model_dump(),
-                "pretrained": {"base": base, base: base_settings.model_dump()}},
+        params=_logged_params(params, "finetune", augmented=True, base=base),
         tags=_common_tags(params, base_settings.image_size, base),
     )
     return train.run(job, params)
