@@ -117,7 +117,7 @@ def test_report_lists_every_model(project):
 def test_dvc_sees_the_same_numbers(project):
     project, _ = project
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
-    files = shown[0]["data"] if isinstance(shown, list) else shown["workspace"]["data"]
+    files = next(iter(shown.values()))["data"]  # the workspace's metrics files
     baseline = json.loads((project / "reports/metrics/baseline.json").read_text())
     assert files["reports/metrics/baseline.json"]["data"]["test_accuracy"] == baseline["test_accuracy"]
     plots = run(["dvc", "plots", "show", "--json"], project).stdout
