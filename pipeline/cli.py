@@ -29,6 +29,11 @@ def stage(func):
         except PipelineError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise typer.Exit(1) from None
+        except OSError as exc:  # unwritable or full disk: name the file, no traceback
+            if exc.filename is None:
+                raise
+            print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            raise typer.Exit(1) from None
 
     return app.command()(wrapper)
 
@@ -70,6 +75,9 @@ PRETRAINED_MODELS = ("features", "frozen_aug", "finetune")
 @stage
 def train(model: str = ModelName, base: str = BaseOption) -> None:
     """Train one model, evaluate it on test, write models/ and reports/, log an MLflow run."""
+    from pipeline import tracking
+
+    tracking.check_reachable(tracking.tracking_uri())  # in a second, before TensorFlow loads
     from pipeline import stages
 
     params = load_params()

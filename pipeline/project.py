@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# What every training stage writes (see pipeline/train.py), relative to the stage's cwd.
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("reports/metrics")
+HISTORY_DIR = Path("reports/history")
+FIGURES_DIR = Path("reports/figures")
+CHECKPOINTS_DIR = Path(".checkpoints")  # epoch backups for resuming; not a DVC output
+
 
 def project_root(cwd: Path | None = None) -> Path:
     """The user's project root. `dvc exp run --temp/--queue` runs stages in

@@ -11,7 +11,7 @@ from pipeline import plots, tracking
 from pipeline.errors import PipelineError
 from pipeline.io import write_text
 from pipeline.params import Params
-from pipeline.train import METRICS_DIR
+from pipeline.project import METRICS_DIR
 
 PROGRESSION_MD = Path("reports/progression.md")
 PROGRESSION_PNG = Path("reports/progression.png")

@@ -11,6 +11,7 @@ from pipeline.data.split import SPLIT_FILE, SPLITS
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_dir
 from pipeline.params import Params
+from pipeline.project import MODELS_DIR
 
 FEATURES_DIR = Path("data/features")
 
@@ -188,7 +189,7 @@ def train_finetune(params: Params, base: str) -> dict:
     from pipeline.models.pretrained import unfreeze_from
 
     settings, base_settings = params.train.finetune, _base(params, base)
-    source = train.MODELS_DIR / f"frozen_aug-{base}.keras"
+    source = MODELS_DIR / f"frozen_aug-{base}.keras"
     if not source.is_file():
         raise PipelineError(f"{source} not found; run `dvc repro frozen_aug@{base}` first")
 

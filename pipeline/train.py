@@ -26,13 +26,10 @@ import pandas as pd
 from pipeline import plots, tracking
 from pipeline.data.dataset import make_dataset
 from pipeline.data.download import CLASSES
+from pipeline.errors import PipelineError
+from pipeline.project import CHECKPOINTS_DIR, FIGURES_DIR, HISTORY_DIR, METRICS_DIR, MODELS_DIR
 from pipeline.io import atomic_path, write_text
 
-CHECKPOINTS_DIR = Path(".checkpoints")  # epoch backups for resuming; not a DVC output
-MODELS_DIR = Path("models")
-METRICS_DIR = Path("reports/metrics")
-HISTORY_DIR = Path("reports/history")
-FIGURES_DIR = Path("reports/figures")
 
 
 @dataclass
@@ -204,6 +201,16 @@ def _write_outputs(job: Job, model: keras.Model, frame: pd.DataFrame, metrics: d
     figures = FIGURES_DIR / job.name
     model_file = MODELS_DIR / f"{job.name}.keras"
 
+    # The model first: if it cannot be written, the reports keep their last good numbers.
+    model_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp_model = model_file.with_name(f".{model_file.stem}.tmp.keras")  # Keras wants the suffix
+    try:
+        model.save(tmp_model)
+        tmp_model.replace(model_file)
+    except OSError as exc:
+        raise PipelineError(f"cannot write {model_file}: {exc.strerror or exc} ({exc.filename})") from None
+    finally:
+        tmp_model.unlink(missing_ok=True)
     record = {"model": job.name, **{k: str(v) for k, v in job.tags.items()}, **metrics,
               "confusion_matrix": confusion.tolist()}
     write_text(metrics_file, json.dumps(record, indent=2) + "\n")
@@ -211,13 +218,6 @@ def _write_outputs(job: Job, model: keras.Model, frame: pd.DataFrame, metrics: d
         frame.round(5).to_csv(tmp, index=False)
     plots.learning_curves(frame, f"{job.name}: test accuracy {metrics['test_accuracy']:.3f}", figures / "curves.png")
     plots.confusion_matrix(confusion, CLASSES, f"{job.name} (test)", figures / "confusion.png")
-    model_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp_model = model_file.with_name(f".{model_file.stem}.tmp.keras")  # Keras wants the suffix
-    try:
-        model.save(tmp_model)
-        tmp_model.replace(model_file)
-    finally:
-        tmp_model.unlink(missing_ok=True)
 
     mlflow.log_artifact(str(history_file))
     mlflow.log_artifact(str(metrics_file))
