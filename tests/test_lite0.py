@@ -254,3 +254,28 @@ def test_imagenet_top1_on_real_cat_and_dog_photos(full_model):
     assert rates["dog"][0] >= 0.93
     assert rates["cat"][0] >= 0.72
     assert rates["cat"][1] >= 0.87
+
+
+def test_finetune_keeps_batch_norm_statistics_frozen(tmp_path):
+    """After unfreeze_from, training moves the unfrozen convs but not the BN statistics,
+    also for a model that went through save/load (where `training=False` is not honoured)."""
+    from pipeline.models.pretrained import unfreeze_from
+
+    base = lite0.build_efficientnet_lite0((32, 32, 3))
+    lite0.load_pth_weights(base, PTH)  # real weights: random ones saturate ReLU6, zero gradients
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(base(inputs, training=False)))
+    keras.Model(inputs, outputs).save(tmp_path / "m.keras")
+    model = keras.models.load_model(tmp_path / "m.keras")
+    unfreeze_from(model, "efficientnet_lite0", "block6a_expand_conv")
+    inner = model.get_layer("efficientnet_lite0")
+    bn, conv, frozen = inner.get_layer("top_bn"), inner.get_layer("top_conv"), inner.get_layer("stem_conv")
+    before = [w.numpy().copy() for w in (bn.moving_mean, conv.kernel, frozen.kernel)]
+    model.compile("sgd", "binary_crossentropy")
+    rng = np.random.default_rng(0)
+    pixels = lite0.preprocess_input(rng.uniform(0, 255, (16, 32, 32, 3)))
+    model.fit(pixels, rng.integers(0, 2, (16, 1)), epochs=1, verbose=0)
+    after = [w.numpy() for w in (bn.moving_mean, conv.kernel, frozen.kernel)]
+    assert np.array_equal(before[0], after[0])  # BN statistics untouched
+    assert not np.array_equal(before[1], after[1])  # the unfrozen top conv learned
+    assert np.array_equal(before[2], after[2])  # the stem stays frozen

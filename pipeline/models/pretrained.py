@@ -56,7 +56,8 @@ def frozen_base_model(
 
 
 def unfreeze_from(model: keras.Model, base_name: str, first_layer: str) -> None:
-    """Make the base trainable from `first_layer` on (the book: block5_conv1); all before it stays frozen."""
+    """Make the base trainable from `first_layer` on (the book: block5_conv1); all before it
+    stays frozen, and so does every batch-norm layer."""
     base = model.get_layer(base_name)
     names = [layer.name for layer in base.layers]
     if first_layer not in names:
@@ -68,6 +69,12 @@ def unfreeze_from(model: keras.Model, base_name: str, first_layer: str) -> None:
     start = names.index(first_layer)
     for layer in base.layers[:start]:
         layer.trainable = False
+    # Batch norm stays frozen (Keras 3 runs a non-trainable BatchNormalization in inference
+    # mode); the `training=False` of the base's call is not honoured after load_model, and
+    # batch statistics of 20 images would wreck the ImageNet ones (EfficientNet-Lite0).
+    for layer in base.layers[start:]:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
 
 
 def with_head(model: keras.Model, head: keras.Model) -> keras.Model:
