@@ -77,10 +77,10 @@ def train(model: str = ModelName, base: str = BaseOption) -> None:
     """Train one model, evaluate it on test, write models/ and reports/, log an MLflow run."""
     from pipeline import tracking
 
+    params = load_params()
     tracking.check_reachable(tracking.tracking_uri())  # in a second, before TensorFlow loads
     from pipeline import stages
 
-    params = load_params()
     if model in SCRATCH_MODELS:
         stages.train_scratch(params, model)
     elif model in PRETRAINED_MODELS:
