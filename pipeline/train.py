@@ -101,13 +101,26 @@ def _checkpoint_dir(job: Job) -> Path:
 
 
 def _resumable_history(checkpoints: Path) -> list[dict]:
-    """Epochs already completed by an interrupted run with the same settings."""
-    metadata, history = checkpoints / "training_metadata.json", checkpoints / "history.csv"
-    if not (metadata.is_file() and history.is_file()):
-        return []
-    done = json.loads(metadata.read_text())["epoch"]
-    rows = pd.read_csv(history).to_dict("records")
-    return [row for row in rows if row["epoch"] <= done]
+    """Epochs already completed by an interrupted run with the same settings.
+
+    A kill can land while a backup is being written: Keras then falls back to the previous
+    backup (double_checkpoint), and so must the history. Nothing readable: start afresh."""
+    import h5py
+
+    history = checkpoints / "history.csv"
+    for weights in ("latest.weights.h5", "latest.weights.h5.bkp"):
+        metadata = checkpoints / ("training_metadata.json" + weights.removeprefix("latest.weights.h5"))
+        try:
+            h5py.File(checkpoints / weights, "r").close()
+            done = json.loads(metadata.read_text())["epoch"]
+            rows = pd.read_csv(history).to_dict("records")
+        except (OSError, ValueError, KeyError):
+            continue
+        return [row for row in rows if row["epoch"] <= done]
+    if checkpoints.exists():
+        print(f"discarding unreadable checkpoints in {checkpoints}; training from epoch 1")
+        shutil.rmtree(checkpoints)
+    return []
 
 
 def run(job: Job, params) -> dict:
@@ -150,7 +163,7 @@ def run(job: Job, params) -> dict:
                 validation_data=val_ds,
                 epochs=job.epochs,
                 steps_per_epoch=job.steps_per_epoch or None,
-                callbacks=[recorder, keras.callbacks.BackupAndRestore(str(checkpoints))],
+                callbacks=[recorder, keras.callbacks.BackupAndRestore(str(checkpoints), double_checkpoint=True)],
                 verbose=2,  # one line per epoch: readable in `dvc repro` logs
             )
             train_seconds = time.perf_counter() - started + sum(r["epoch_seconds"] for r in previous) + job.extra_seconds
