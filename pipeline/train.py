@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import signal
 import time
@@ -79,6 +80,22 @@ class _EpochRecorder(keras.callbacks.Callback):
         self.started = time.perf_counter()
 
 
+class _AtomicBackup(keras.callbacks.BackupAndRestore):
+    """Keras writes its epoch backup in place: a kill mid-write leaves a file it cannot load.
+    Write to pending files, then rename them over the last good backup."""
+
+    def _save_model(self):
+        final_weights, final_metadata = self._weights_path, self._training_metadata_path
+        self._weights_path = final_weights.replace("latest.weights.h5", "pending.weights.h5")
+        self._training_metadata_path = final_metadata + ".pending"
+        try:
+            super()._save_model()
+            os.replace(self._weights_path, final_weights)
+            os.replace(self._training_metadata_path, final_metadata)
+        finally:
+            self._weights_path, self._training_metadata_path = final_weights, final_metadata
+
+
 def _raise_on_sigterm(signum, frame):
     # SIGTERM (dvc/queue cancellation, CI timeouts) unwinds like Ctrl-C: the MLflow run is
     # ended as KILLED and no output is renamed into place.
@@ -103,8 +120,8 @@ def _checkpoint_dir(job: Job) -> Path:
 def _resumable_history(checkpoints: Path) -> list[dict]:
     """Epochs already completed by an interrupted run with the same settings.
 
-    A kill can land while a backup is being written: Keras then falls back to the previous
-    backup (double_checkpoint), and so must the history. Nothing readable: start afresh."""
+    Backups are replaced atomically (_AtomicBackup); a `.bkp` pair, if Keras left one, is
+    the fallback, as in Keras. Nothing readable: start afresh."""
     import h5py
 
     history = checkpoints / "history.csv"
@@ -163,7 +180,7 @@ def run(job: Job, params) -> dict:
                 validation_data=val_ds,
                 epochs=job.epochs,
                 steps_per_epoch=job.steps_per_epoch or None,
-                callbacks=[recorder, keras.callbacks.BackupAndRestore(str(checkpoints), double_checkpoint=True)],
+                callbacks=[recorder, _AtomicBackup(str(checkpoints))],
                 verbose=2,  # one line per epoch: readable in `dvc repro` logs
             )
             train_seconds = time.perf_counter() - started + sum(r["epoch_seconds"] for r in previous) + job.extra_seconds
