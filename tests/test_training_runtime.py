@@ -63,14 +63,17 @@ def test_mirrored_strategy_on_two_logical_cpus(project):
 
 def start_stage(project):
     """`dvc repro baseline` in the background; return it and the training process under it."""
+    # SHELL=/bin/sh as on CI, where DVC's shell stays between it and the trainer.
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "SHELL": "/bin/sh"}
     dvc = subprocess.Popen(["dvc", "repro", "baseline"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
+                           text=True, env=env)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         histories = list((project / ".checkpoints").glob("baseline-*/history.csv"))
         if histories and len(histories[0].read_text().splitlines()) >= 3:  # two epochs recorded, one or two backed up
             children = psutil.Process(dvc.pid).children(recursive=True)
-            trainer = next(p for p in children if "pipeline" in " ".join(p.cmdline()))
+            # The python process itself, not DVC's `sh -c` around it: dash forks rather than execs.
+            trainer = next(p for p in children if p.cmdline()[1:3] == ["-m", "pipeline"])
             return dvc, trainer
         assert dvc.poll() is None, dvc.stdout.read()
         time.sleep(0.1)
