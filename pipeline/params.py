@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import PipelineError
 
@@ -86,7 +86,9 @@ class FinetuneParams(Section):
     learning_rate: LearningRate
 
 
-Switch = Literal["auto", "on", "off"]
+# YAML 1.1 (PyYAML) reads a bare on/off as a boolean; DVC's YAML 1.2 reads a string. Take both.
+Switch = Annotated[Literal["auto", "on", "off"],
+                   BeforeValidator(lambda v: ("on" if v else "off") if isinstance(v, bool) else v)]
 
 
 class RuntimeParams(Section):

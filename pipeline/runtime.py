@@ -1,7 +1,9 @@
 """How training runs on this machine: seeds, determinism, devices, mixed precision, XLA.
 
 `auto` turns mixed precision, XLA and the mirrored strategy on only where a GPU is
-visible: on a CPU they cost speed (float16 is emulated, XLA recompiles per shape).
+visible. Mixed precision `on` means float16 on a GPU and bfloat16 on a CPU: CPUs emulate
+float16, while bfloat16 runs on AVX512-BF16/AMX units (2-2.5x faster convnet training on
+ours, benchmarks/benchmark.py); on a CPU without them it is slower, so it is not automatic.
 `PIPELINE_LOGICAL_CPUS=N` splits the CPU into N logical devices, so the mirrored strategy
 can be exercised without GPUs (it is a machine setting, not a param: results don't change).
 """
@@ -34,8 +36,14 @@ def setup(params: Params) -> tf.distribute.Strategy:
     keras.utils.set_random_seed(params.train.seed)
     if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy("mixed_float16" if _on(runtime.mixed_precision) else "float32")
+    keras.mixed_precision.set_global_policy(precision_policy(runtime))
     return _strategy(runtime.strategy)
+
+
+def precision_policy(runtime: RuntimeParams) -> str:
+    if not _on(runtime.mixed_precision):
+        return "float32"
+    return "mixed_float16" if _gpus() else "mixed_bfloat16"
 
 
 def _strategy(name: str) -> tf.distribute.Strategy:

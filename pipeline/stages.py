@@ -75,9 +75,13 @@ def _base(params: Params, base: str):
 
 def extract(params: Params, base: str, batch_size: int = 32) -> Path:
     """Run the frozen base once over every split; cache the features for the dense head."""
+    import keras
+
+    from pipeline import runtime
     from pipeline.models.pretrained import extract_features, feature_extractor
 
     settings = _base(params, base)
+    keras.mixed_precision.set_global_policy(runtime.precision_policy(params.train.runtime))
     extractor = feature_extractor(base, settings.image_size, settings.pooling)
     out = FEATURES_DIR / base
     with atomic_dir(out) as tmp:
@@ -160,12 +164,16 @@ def train_frozen_aug(params: Params, base: str) -> dict:
 def _augmented_features(params: Params, base: str, images, copies: int):
     """Features of `copies` augmented passes over the training set, and of the clean
     validation and test sets, through the frozen base."""
+    import keras
+
+    from pipeline import runtime
     from pipeline.data.dataset import make_dataset
     from pipeline.models.augment import augmentation_layers
     from pipeline.models.pretrained import extract_features, feature_extractor
     from pipeline.train import Splits
 
     settings = _base(params, base)
+    keras.mixed_precision.set_global_policy(runtime.precision_policy(params.train.runtime))
     extractor = feature_extractor(base, settings.image_size, settings.pooling)
     augment = augmentation_layers(params.augmentation, params.train.seed)
     x_train, y_train = images.train

@@ -25,6 +25,14 @@ def test_shipped_params_are_valid_and_the_books():
     assert set(params.pretrained.bases) == {"vgg16", "efficientnet_lite0"}
 
 
+def test_bare_on_and_off_mean_the_switch_not_a_boolean(tmp_path):
+    path = write(tmp_path, {})
+    path.write_text(path.read_text().replace("mixed_precision: auto", "mixed_precision: on")
+                    .replace("jit_compile: auto", "jit_compile: off"))  # YAML 1.1 reads booleans
+    runtime = load_params(path).train.runtime
+    assert (runtime.mixed_precision, runtime.jit_compile) == ("on", "off")
+
+
 @pytest.mark.parametrize(
     "update, expected",
     [
