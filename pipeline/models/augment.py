@@ -5,8 +5,9 @@ Unit conversions (the book's Keras 2.0 -> Keras 3):
 - width/height_shift_range=0.2 are fractions of the size, as in RandomTranslation.
 - shear_range=0.2 was *radians* in Keras 2.0 (degrees only since keras-preprocessing 1.0.2),
   about 11.5 degrees; RandomShear takes the horizontal displacement per unit height: tan(angle).
-- zoom_range=0.2 zooms by a factor in [0.8, 1.2], as RandomZoom(0.2) does (both axes together
-  in the book, each axis on its own here).
+- zoom_range=0.2 draws the height and the width factor on their own from [0.8, 1.2]
+  (ImageDataGenerator: `zx, zy = uniform(0.8, 1.2, 2)`); RandomZoom does so only when given
+  width_factor too: alone, it keeps the aspect ratio.
 - fill_mode='nearest' everywhere, horizontal flips only.
 The layers are active in training only: Keras turns them off in evaluate/predict.
 """
@@ -31,5 +32,5 @@ def augmentation_layers(params: AugmentationParams, seed: int) -> keras.Sequenti
     if params.shear_degrees:
         layers.append(keras.layers.RandomShear(x_factor=(0.0, math.tan(math.radians(params.shear_degrees))), fill_mode="nearest", seed=seed + 3))
     if params.zoom:
-        layers.append(keras.layers.RandomZoom(params.zoom, fill_mode="nearest", seed=seed + 4))
+        layers.append(keras.layers.RandomZoom(params.zoom, params.zoom, fill_mode="nearest", seed=seed + 4))
     return keras.Sequential(layers, name="augmentation")
