@@ -147,6 +147,19 @@ def test_matches_numpy_reference_of_pytorch_port(full_model, state_dict, height,
     np.testing.assert_allclose(np.asarray(probs)[0], ref_probs, atol=1e-5)
 
 
+def test_folded_batch_norm_gives_the_same_features_and_classes(full_model):
+    folded = lite0.fold_batch_norm(full_model)
+    assert not [layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert folded.count_params() < full_model.count_params()  # BN's 4 vectors became 1 bias
+    images = np.random.default_rng(1).uniform(-1, 1, (4, 96, 96, 3)).astype(np.float32)
+    for name in ("top_activation", "predictions"):
+        outputs = [keras.Model(m.input, m.get_layer(name).output)(images, training=False) for m in (full_model, folded)]
+        np.testing.assert_allclose(np.asarray(outputs[1]), np.asarray(outputs[0]), rtol=1e-4, atol=1e-4)
+
+    pooled = lite0.build_efficientnet_lite0((64, 64, 3), pooling="avg")  # the shape extraction uses
+    assert lite0.fold_batch_norm(pooled).output_shape == pooled.output_shape == (None, 1280)
+
+
 # -- loading is strict ------------------------------------------------------------------------
 
 def test_load_pth_weights_reports_every_mismatch(monkeypatch, state_dict):

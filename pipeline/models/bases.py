@@ -29,6 +29,8 @@ class ConvBase:
     build: Callable[[int], keras.Model]  # image_size -> conv base, randomly initialised
     preprocess: Callable[[], Preprocess]
     save_weights: Callable[[str, Path, int], None]  # (weights param, out path, seed)
+    # The frozen base as a faster, equivalent inference-only model (feature extraction).
+    for_inference: Callable[[keras.Model], keras.Model] = lambda base: base
 
 
 def _vgg16_build(image_size: int) -> keras.Model:
@@ -86,6 +88,12 @@ def _lite0_save_weights(weights: str, out: Path, seed: int) -> None:
     _save_atomically(model, out)
 
 
+def _lite0_for_inference(base: keras.Model) -> keras.Model:
+    from pipeline.models.lite0 import fold_batch_norm
+
+    return fold_batch_norm(base)
+
+
 def _lite0_preprocess() -> Preprocess:
     from pipeline.models.lite0 import PREPROCESS_OFFSET, PREPROCESS_SCALE
 
@@ -94,7 +102,8 @@ def _lite0_preprocess() -> Preprocess:
 
 BASES = {
     "vgg16": ConvBase("vgg16", _vgg16_build, lambda: Preprocess("caffe"), _vgg16_save_weights),
-    "efficientnet_lite0": ConvBase("efficientnet_lite0", _lite0_build, _lite0_preprocess, _lite0_save_weights),
+    "efficientnet_lite0": ConvBase("efficientnet_lite0", _lite0_build, _lite0_preprocess, _lite0_save_weights,
+                                   _lite0_for_inference),
 }
 
 

@@ -119,25 +119,26 @@ def _blocks() -> Iterator[tuple[int, str, int, int, int, int, int]]:
             index, filters_in = index + 1, filters_out
 
 
-def _bn(name: str) -> layers.BatchNormalization:
-    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+def _bn(x, name: str, folded: bool):
+    """Batch norm after a conv; with `folded` it lives in the conv's kernel and bias instead."""
+    return x if folded else layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
 
 
-def _mbconv(x, name, filters_in, filters_out, kernel, stride, expand):
+def _mbconv(x, name, filters_in, filters_out, kernel, stride, expand, folded):
     """Inverted residual: 1x1 expand -> depthwise -> 1x1 project (no SE, ReLU6)."""
     inputs = x
     if expand != 1:
-        x = layers.Conv2D(filters_in * expand, 1, padding="same", use_bias=False,
+        x = layers.Conv2D(filters_in * expand, 1, padding="same", use_bias=folded,
                           name=f"{name}_expand_conv")(x)
-        x = _bn(f"{name}_expand_bn")(x)
+        x = _bn(x, f"{name}_expand_bn", folded)
         x = layers.ReLU(6.0, name=f"{name}_expand_activation")(x)
-    x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
+    x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=folded,
                                name=f"{name}_dwconv")(x)
-    x = _bn(f"{name}_bn")(x)
+    x = _bn(x, f"{name}_bn", folded)
     x = layers.ReLU(6.0, name=f"{name}_activation")(x)
-    x = layers.Conv2D(filters_out, 1, padding="same", use_bias=False,
+    x = layers.Conv2D(filters_out, 1, padding="same", use_bias=folded,
                       name=f"{name}_project_conv")(x)
-    x = _bn(f"{name}_project_bn")(x)
+    x = _bn(x, f"{name}_project_bn", folded)
     if stride == 1 and filters_in == filters_out:
         # Drop-connect is a training-time regularizer of the original; inference ignores it.
         x = layers.Add(name=f"{name}_add")([x, inputs])
@@ -145,23 +146,25 @@ def _mbconv(x, name, filters_in, filters_out, kernel, stride, expand):
 
 
 def build_efficientnet_lite0(input_shape=(224, 224, 3), include_top: bool = False,
-                             pooling: str | None = None) -> keras.Model:
+                             pooling: str | None = None, folded: bool = False) -> keras.Model:
     """EfficientNet-Lite0 (channels-last), randomly initialised.
 
     ``include_top=True`` adds avg-pool, dropout 0.2 and the 1000-way softmax
     ``predictions``. Otherwise the output is the ReLU6 of the 1280-channel head
     (``top_activation``), optionally pooled with ``pooling`` in {None, "avg", "max"}.
+    ``folded=True`` builds the inference-only variant without batch-norm layers (convs
+    with biases), to be filled by ``fold_batch_norm``.
     """
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', not {pooling!r}")
     inputs = keras.Input(shape=input_shape, name="input")
-    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
-    x = _bn("stem_bn")(x)
+    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=folded, name="stem_conv")(inputs)
+    x = _bn(x, "stem_bn", folded)
     x = layers.ReLU(6.0, name="stem_activation")(x)
     for _, name, f_in, f_out, kernel, stride, expand in _blocks():
-        x = _mbconv(x, name, f_in, f_out, kernel, stride, expand)
-    x = layers.Conv2D(1280, 1, padding="same", use_bias=False, name="top_conv")(x)
-    x = _bn("top_bn")(x)
+        x = _mbconv(x, name, f_in, f_out, kernel, stride, expand, folded)
+    x = layers.Conv2D(1280, 1, padding="same", use_bias=folded, name="top_conv")(x)
+    x = _bn(x, "top_bn", folded)
     x = layers.ReLU(6.0, name="top_activation")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -172,6 +175,32 @@ def build_efficientnet_lite0(input_shape=(224, 224, 3), include_top: bool = Fals
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
     return keras.Model(inputs, x, name="efficientnet_lite0")
+
+
+def fold_batch_norm(model: keras.Model) -> keras.Model:
+    """An inference-only copy of `model` with every batch norm folded into its conv.
+
+    A frozen base runs batch norm as a fixed affine map, `gamma * (y - mean) / sqrt(var + eps)
+    + beta`, of the conv output y; scaling the kernel's output channels and adding a bias
+    gives the same numbers in one op, and oneDNN fuses conv + bias + ReLU6: a CPU pass over
+    the activations less per layer, which is what bounds this depthwise network."""
+    pooling = "avg" if "avg_pool" in [layer.name for layer in model.layers] else None
+    folded = build_efficientnet_lite0(model.input_shape[1:], include_top="predictions" in
+                                      [layer.name for layer in model.layers], pooling=pooling, folded=True)
+    for layer in folded.layers:
+        source = model.get_layer(layer.name)
+        if not isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):
+            layer.set_weights(source.get_weights())
+            continue
+        bn_name = {"stem_conv": "stem_bn", "top_conv": "top_bn"}.get(layer.name) or \
+            layer.name.replace("_dwconv", "_bn").replace("_conv", "_bn")
+        gamma, beta, mean, var = model.get_layer(bn_name).get_weights()
+        scale = gamma / np.sqrt(var + BN_EPSILON)
+        (kernel,) = source.get_weights()
+        # Conv2D kernels are (h, w, in, out), depthwise ones (h, w, channels, 1).
+        kernel = kernel * (scale[:, None] if isinstance(layer, layers.DepthwiseConv2D) else scale)
+        layer.set_weights([kernel, beta - mean * scale])
+    return folded
 
 
 def _torch_names() -> dict[str, tuple[str, str]]:

@@ -15,7 +15,7 @@ def _pool(pooling: str) -> keras.layers.Layer:
 
 def feature_extractor(base_name: str, image_size: int, pooling: str) -> keras.Model:
     """Raw pixels -> preprocessing -> frozen conv base -> flattened or pooled features."""
-    base = load_base(base_name, image_size)
+    base = BASES[base_name].for_inference(load_base(base_name, image_size))
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = BASES[base_name].preprocess()(inputs)
     outputs = _pool(pooling)(base(x, training=False))
