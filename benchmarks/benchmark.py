@@ -8,7 +8,8 @@ In one run, on this machine, on the real images:
 2. seconds per book epoch (100 steps) of `baseline` and `augmented`, ours (prepared uint8
    arrays, tf.data gather + prefetch) against a plain Keras reference that reads the JPEGs
    from folders with keras.utils.image_dataset_from_directory every epoch, with the same
-   model, augmentation and batch size; and ours with bfloat16 mixed precision;
+   model, augmentation and batch size; and ours with bfloat16 mixed precision. The reference
+   augments with Keras 3's stock layers (one resampling each), ours with one affine map;
 3. images per second of conv-base feature extraction (VGG16, EfficientNet-Lite0) and of
    baseline training, as a fraction of the FLOP limit: model FLOPs per image x images/s
    over the rate a large float32 matmul reaches here, measured in the same run.
@@ -114,13 +115,29 @@ def best_seconds_per_step(candidates: dict, steps: int, rounds: int = 2) -> dict
     return best
 
 
+def keras_preprocessing_layers(params):
+    """The book's augmentation the way a Keras 3 reader writes it: one stock layer per
+    transform (each resamples the image), in the book's units."""
+    import math
+
+    import keras
+
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal"),
+        keras.layers.RandomRotation(params.rotation_degrees / 360, fill_mode="nearest"),
+        keras.layers.RandomTranslation(params.height_shift, params.width_shift, fill_mode="nearest"),
+        keras.layers.RandomShear(x_factor=(0.0, math.tan(math.radians(params.shear_degrees))), fill_mode="nearest"),
+        keras.layers.RandomZoom(params.zoom, params.zoom, fill_mode="nearest"),
+    ])
+
+
 def epoch_times(work: Path, steps: int) -> dict:
     import keras
     import pandas as pd
 
     from pipeline.data.dataset import make_dataset
     from pipeline.data.prepare import load_prepared
-    from pipeline.models.augment import augmentation_layers
+    from pipeline.models.augment import augmentation
     from pipeline.models.scratch import build_convnet
     from pipeline.params import load_params
     from pipeline.train import compile_model
@@ -141,10 +158,12 @@ def epoch_times(work: Path, steps: int) -> dict:
     for model_name, batch_size in (("baseline", 20), ("augmented", 32)):
         augmented = model_name == "augmented"
 
-        def build(policy: str = "float32"):
+        def build(policy: str = "float32", reference: bool = False):
             keras.mixed_precision.set_global_policy(policy)
             keras.utils.set_random_seed(0)
-            aug = augmentation_layers(params.augmentation, 0) if augmented else None
+            aug = None
+            if augmented:
+                aug = keras_preprocessing_layers(params.augmentation) if reference else augmentation(params.augmentation, 0)
             model = build_convnet(150, 0.5 if augmented else 0.0, aug)
             compile_model(model, 1e-4)
             return model
@@ -153,7 +172,7 @@ def epoch_times(work: Path, steps: int) -> dict:
         reference = keras.utils.image_dataset_from_directory(
             folders, label_mode="binary", image_size=(150, 150), batch_size=batch_size, shuffle=True, seed=0,
             verbose=False).repeat()
-        models = {"reference": (build(), reference), "ours": (build(), ours)}
+        models = {"reference": (build(reference=True), reference), "ours": (build(), ours)}
         models["bf16"] = (build("mixed_bfloat16"), ours)
         keras.mixed_precision.set_global_policy("float32")
         best = best_seconds_per_step(models, steps)

@@ -43,7 +43,7 @@ def _logged_params(params: Params, model: str, augmented: bool, base: str | None
 def train_scratch(params: Params, model: str) -> dict:
     """`baseline` (listing 5.5) or `augmented` (5.13: augmentation + dropout)."""
     from pipeline import train
-    from pipeline.models.augment import augmentation_layers
+    from pipeline.models.augment import augmentation
     from pipeline.models.scratch import build_convnet
 
     settings = getattr(params.train, model)
@@ -52,7 +52,7 @@ def train_scratch(params: Params, model: str) -> dict:
         name=model, stage=model,
         build_model=lambda: build_convnet(
             settings.image_size, settings.dropout,
-            augmentation_layers(params.augmentation, params.train.seed) if augmented else None, name=model),
+            augmentation(params.augmentation, params.train.seed) if augmented else None, name=model),
         data=_images(settings.image_size),
         epochs=settings.epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
         steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
@@ -133,7 +133,7 @@ def train_frozen_aug(params: Params, base: str) -> dict:
     import time
 
     from pipeline import train
-    from pipeline.models.augment import augmentation_layers
+    from pipeline.models.augment import augmentation
     from pipeline.models.pretrained import dense_head, frozen_base_model, with_head
 
     settings, base_settings = params.train.frozen_aug, _base(params, base)
@@ -141,7 +141,7 @@ def train_frozen_aug(params: Params, base: str) -> dict:
     def full_model():
         return frozen_base_model(
             base, base_settings.image_size, base_settings.pooling, settings.dense_units,
-            augmentation_layers(params.augmentation, params.train.seed), f"frozen_aug_{base}")
+            augmentation(params.augmentation, params.train.seed), f"frozen_aug_{base}")
 
     build_model, export, data, extra_seconds = full_model, None, _images(base_settings.image_size), 0.0
     if settings.cached_copies:
@@ -168,14 +168,14 @@ def _augmented_features(params: Params, base: str, images, copies: int):
 
     from pipeline import runtime
     from pipeline.data.dataset import make_dataset
-    from pipeline.models.augment import augmentation_layers
+    from pipeline.models.augment import augmentation
     from pipeline.models.pretrained import extract_features, feature_extractor
     from pipeline.train import Splits
 
     settings = _base(params, base)
     keras.mixed_precision.set_global_policy(runtime.precision_policy(params.train.runtime))
     extractor = feature_extractor(base, settings.image_size, settings.pooling)
-    augment = augmentation_layers(params.augmentation, params.train.seed)
+    augment = augmentation(params.augmentation, params.train.seed)
     x_train, y_train = images.train
     train_features = []
     for copy in range(copies):

@@ -40,7 +40,7 @@ def dense_head(input_dim: int, dense_units: int, dropout: float, name: str) -> k
 
 
 def frozen_base_model(
-    base_name: str, image_size: int, pooling: str, dense_units: int, augmentation: keras.Sequential, name: str
+    base_name: str, image_size: int, pooling: str, dense_units: int, augmentation: keras.layers.Layer, name: str
 ) -> keras.Model:
     """Augmentation -> preprocessing -> frozen base -> Flatten/pool -> Dense -> Dense(1)."""
     base = load_base(base_name, image_size)

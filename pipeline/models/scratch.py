@@ -8,7 +8,7 @@ from pipeline.models.preprocess import Preprocess
 
 
 def build_convnet(
-    image_size: int, dropout: float = 0.0, augmentation: keras.Sequential | None = None, name: str = "convnet"
+    image_size: int, dropout: float = 0.0, augmentation: keras.layers.Layer | None = None, name: str = "convnet"
 ) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = augmentation(inputs) if augmentation is not None else inputs
