@@ -156,8 +156,11 @@ def test_folded_batch_norm_gives_the_same_features_and_classes(full_model):
         outputs = [keras.Model(m.input, m.get_layer(name).output)(images, training=False) for m in (full_model, folded)]
         np.testing.assert_allclose(np.asarray(outputs[1]), np.asarray(outputs[0]), rtol=1e-4, atol=1e-4)
 
-    pooled = lite0.build_efficientnet_lite0((64, 64, 3), pooling="avg")  # the shape extraction uses
-    assert lite0.fold_batch_norm(pooled).output_shape == pooled.output_shape == (None, 1280)
+    for pooling in ("avg", "max"):  # avg: the shape extraction uses
+        pooled = lite0.build_efficientnet_lite0((64, 64, 3), pooling=pooling)
+        folded = lite0.fold_batch_norm(pooled)
+        assert folded.output_shape == pooled.output_shape == (None, 1280)
+        assert folded.layers[-1].name == f"{pooling}_pool"
 
 
 # -- loading is strict ------------------------------------------------------------------------

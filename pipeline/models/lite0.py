@@ -184,9 +184,10 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     + beta`, of the conv output y; scaling the kernel's output channels and adding a bias
     gives the same numbers in one op, and oneDNN fuses conv + bias + ReLU6: a CPU pass over
     the activations less per layer, which is what bounds this depthwise network."""
-    pooling = "avg" if "avg_pool" in [layer.name for layer in model.layers] else None
-    folded = build_efficientnet_lite0(model.input_shape[1:], include_top="predictions" in
-                                      [layer.name for layer in model.layers], pooling=pooling, folded=True)
+    names = {layer.name for layer in model.layers}
+    pooling = next((kind for kind in ("avg", "max") if f"{kind}_pool" in names), None)
+    folded = build_efficientnet_lite0(model.input_shape[1:], include_top="predictions" in names,
+                                      pooling=pooling, folded=True)
     for layer in folded.layers:
         source = model.get_layer(layer.name)
         if not isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):
