@@ -37,12 +37,20 @@ DEFAULT_ARCHIVE = ROOT.parent / "shared/data/dogs-vs-cats-6000.zip"
 def run_stage(args: list[str], cwd: Path) -> dict:
     """One pipeline stage as its own process, as DVC runs it: wall seconds and peak RSS."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=cwd,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"stage {' '.join(args)} failed: {process.stderr.read()[-2000:]}")
-    return {"seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+    }
 
 
 def matmul_gflops(dtype: str = "float32", size: int = 2048, repeats: int = 10) -> float:
@@ -122,13 +130,19 @@ def keras_preprocessing_layers(params):
 
     import keras
 
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal"),
-        keras.layers.RandomRotation(params.rotation_degrees / 360, fill_mode="nearest"),
-        keras.layers.RandomTranslation(params.height_shift, params.width_shift, fill_mode="nearest"),
-        keras.layers.RandomShear(x_factor=(0.0, math.tan(math.radians(params.shear_degrees))), fill_mode="nearest"),
-        keras.layers.RandomZoom(params.zoom, params.zoom, fill_mode="nearest"),
-    ])
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal"),
+            keras.layers.RandomRotation(params.rotation_degrees / 360, fill_mode="nearest"),
+            keras.layers.RandomTranslation(
+                params.height_shift, params.width_shift, fill_mode="nearest"
+            ),
+            keras.layers.RandomShear(
+                x_factor=(0.0, math.tan(math.radians(params.shear_degrees))), fill_mode="nearest"
+            ),
+            keras.layers.RandomZoom(params.zoom, params.zoom, fill_mode="nearest"),
+        ]
+    )
 
 
 def epoch_times(work: Path, steps: int) -> dict:
@@ -163,15 +177,25 @@ def epoch_times(work: Path, steps: int) -> dict:
             keras.utils.set_random_seed(0)
             aug = None
             if augmented:
-                aug = keras_preprocessing_layers(params.augmentation) if reference else augmentation(params.augmentation, 0)
+                aug = (
+                    keras_preprocessing_layers(params.augmentation)
+                    if reference
+                    else augmentation(params.augmentation, 0)
+                )
             model = build_convnet(150, 0.5 if augmented else 0.0, aug)
             compile_model(model, 1e-4)
             return model
 
         ours = make_dataset(images, labels, batch_size, training=True, repeat=True)
         reference = keras.utils.image_dataset_from_directory(
-            folders, label_mode="binary", image_size=(150, 150), batch_size=batch_size, shuffle=True, seed=0,
-            verbose=False).repeat()
+            folders,
+            label_mode="binary",
+            image_size=(150, 150),
+            batch_size=batch_size,
+            shuffle=True,
+            seed=0,
+            verbose=False,
+        ).repeat()
         models = {"reference": (build(reference=True), reference), "ours": (build(), ours)}
         models["bf16"] = (build("mixed_bfloat16"), ours)
         keras.mixed_precision.set_global_policy("float32")
@@ -209,14 +233,19 @@ def throughput(work: Path, peak_gflops: float, n_images: int = 384) -> dict:
             inputs = keras.Input((size, size, 3))
             # Random weights (the same FLOPs as ImageNet's), in the form extraction runs it.
             base = BASES[name].for_inference(BASES[name].build(size))
-            model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(base(BASES[name].preprocess()(inputs))))
+            model = keras.Model(
+                inputs,
+                keras.layers.GlobalAveragePooling2D()(base(BASES[name].preprocess()(inputs))),
+            )
             dataset = make_dataset(images, np.zeros(len(images)), 32).map(lambda x, y: x)
             model.predict(dataset.take(2), verbose=0)  # warm up
             per_second = len(images) / best_seconds(lambda: model.predict(dataset, verbose=0))
             flops = forward_flops(model)
             key = f"extract_{name}" + ("_bf16" if policy != "float32" else "")
             results[key] = {
-                "image_size": size, "images_per_s": round(per_second, 1), "gflops_per_image": round(flops / 1e9, 2),
+                "image_size": size,
+                "images_per_s": round(per_second, 1),
+                "gflops_per_image": round(flops / 1e9, 2),
                 "fraction_of_matmul_limit": round(flops * per_second / 1e9 / peak_gflops, 3),
             }
             print(key, results[key], flush=True)
@@ -227,7 +256,8 @@ def throughput(work: Path, peak_gflops: float, n_images: int = 384) -> dict:
     step = seconds_per_step(model, make_dataset(images, labels, 20, training=True, repeat=True), 20)
     flops = 3 * forward_flops(model)  # forward + backward ~ 3 x forward
     results["train_baseline"] = {
-        "images_per_s": round(20 / step, 1), "gflops_per_image": round(flops / 1e9, 2),
+        "images_per_s": round(20 / step, 1),
+        "gflops_per_image": round(flops / 1e9, 2),
         "fraction_of_matmul_limit": round(flops * 20 / step / 1e9 / peak_gflops, 3),
     }
     print("train baseline", results["train_baseline"], flush=True)
@@ -236,31 +266,52 @@ def throughput(work: Path, peak_gflops: float, n_images: int = 384) -> dict:
 
 def markdown(figures: dict) -> str:
     lines = [
-        "# Benchmark", "",
+        "# Benchmark",
+        "",
         f"`python benchmarks/benchmark.py` on {figures['machine']}; matmul limit "
         f"{figures['matmul_gflops']:.0f} GFLOP/s float32, {figures['matmul_gflops_bf16']:.0f} GFLOP/s bfloat16 "
-        "(2048x2048; fractions below are of the float32 limit).", "",
-        "## Data stages (each its own process, as under `dvc repro`)", "",
-        "| stage | seconds | peak RSS (MB) |", "| --- | --- | --- |",
+        "(2048x2048; fractions below are of the float32 limit).",
+        "",
+        "## Data stages (each its own process, as under `dvc repro`)",
+        "",
+        "| stage | seconds | peak RSS (MB) |",
+        "| --- | --- | --- |",
     ]
-    lines += [f"| {k} | {v['seconds']} | {v['peak_rss_mb']} |" for k, v in figures["stages"].items()]
-    lines += ["", "## Seconds per book epoch (100 steps)", "",
-              "| model | batch | plain Keras (JPEGs from folders) | ours | ratio | ours, bfloat16 | ratio |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        f"| {k} | {v['seconds']} | {v['peak_rss_mb']} |" for k, v in figures["stages"].items()
+    ]
+    lines += [
+        "",
+        "## Seconds per book epoch (100 steps)",
+        "",
+        "| model | batch | plain Keras (JPEGs from folders) | ours | ratio | ours, bfloat16 | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in figures["epochs"].items():
-        lines.append(f"| {name} | {r['batch_size']} | {r['reference_s_per_epoch']} | {r['ours_s_per_epoch']} | "
-                     f"{r['ratio']} | {r['ours_bf16_s_per_epoch']} | {r['ratio_bf16']} |")
-    lines += ["", "## Throughput against the FLOP limit", "",
-              "| what | images/s | GFLOP per image | fraction of the matmul limit |", "| --- | --- | --- | --- |"]
+        lines.append(
+            f"| {name} | {r['batch_size']} | {r['reference_s_per_epoch']} | {r['ours_s_per_epoch']} | "
+            f"{r['ratio']} | {r['ours_bf16_s_per_epoch']} | {r['ratio_bf16']} |"
+        )
+    lines += [
+        "",
+        "## Throughput against the FLOP limit",
+        "",
+        "| what | images/s | GFLOP per image | fraction of the matmul limit |",
+        "| --- | --- | --- | --- |",
+    ]
     for name, r in figures["throughput"].items():
-        lines.append(f"| {name} | {r['images_per_s']} | {r['gflops_per_image']} | {r['fraction_of_matmul_limit']} |")
+        lines.append(
+            f"| {name} | {r['images_per_s']} | {r['gflops_per_image']} | {r['fraction_of_matmul_limit']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
+    parser.add_argument(
+        "--steps", type=int, default=30, help="timed training steps per measurement"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "reports/benchmark.md")
     args = parser.parse_args()
     if not args.archive.is_file():

@@ -35,27 +35,51 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = ROOT.parent / "shared/data/dogs-vs-cats-6000.zip"
 BASE = "efficientnet_lite0"
-STAGES = ["download", "split", "prepare@150", "prepare@224", "baseline", "augmented", f"base_weights@{BASE}",
-          f"extract@{BASE}", f"features@{BASE}", f"frozen_aug@{BASE}", f"finetune@{BASE}", "report"]
-METRICS = {"baseline": "baseline", "augmented": "augmented", f"features@{BASE}": f"features-{BASE}",
-           f"frozen_aug@{BASE}": f"frozen_aug-{BASE}", f"finetune@{BASE}": f"finetune-{BASE}"}
+STAGES = [
+    "download",
+    "split",
+    "prepare@150",
+    "prepare@224",
+    "baseline",
+    "augmented",
+    f"base_weights@{BASE}",
+    f"extract@{BASE}",
+    f"features@{BASE}",
+    f"frozen_aug@{BASE}",
+    f"finetune@{BASE}",
+    "report",
+]
+METRICS = {
+    "baseline": "baseline",
+    "augmented": "augmented",
+    f"features@{BASE}": f"features-{BASE}",
+    f"frozen_aug@{BASE}": f"frozen_aug-{BASE}",
+    f"finetune@{BASE}": f"finetune-{BASE}",
+}
 
 
 def command(args: list[str], cwd: Path) -> dict:
     """Run a command to the end: wall seconds, peak RSS of its process tree, its output."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     started = time.perf_counter()
-    process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)  # ru_maxrss covers the reaped descendants too
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{output[-3000:]}")
-    return {"seconds": round(time.perf_counter() - started, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024),
-            "output": output}
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "output": output,
+    }
 
 
 def ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+    return [
+        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
+    ]
 
 
 def set_param(params: dict, dotted: str) -> None:
@@ -76,7 +100,9 @@ def edit_params(project: Path, *assignments: str) -> None:
 
 def make_project(work: Path, archive: Path, overrides: list[str]) -> Path:
     project = work / "project"
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     for name in files:
         if name.startswith(("tests/", "benchmarks/")) or not (ROOT / name).exists():
             continue
@@ -86,9 +112,18 @@ def make_project(work: Path, archive: Path, overrides: list[str]) -> Path:
     params["pretrained"]["bases"] = {BASE: params["pretrained"]["bases"][BASE]}  # the offline path
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     edit_params(project, f"data.source={archive.resolve()}", *overrides)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "benchmark", "GIT_AUTHOR_EMAIL": "benchmark@localhost",
-           "GIT_COMMITTER_NAME": "benchmark", "GIT_COMMITTER_EMAIL": "benchmark@localhost"}
-    for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "benchmark"]):
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "benchmark",
+        "GIT_AUTHOR_EMAIL": "benchmark@localhost",
+        "GIT_COMMITTER_NAME": "benchmark",
+        "GIT_COMMITTER_EMAIL": "benchmark@localhost",
+    }
+    for args in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "benchmark"],
+    ):
         subprocess.run(args, cwd=project, check=True, env=env)
     return project
 
@@ -103,23 +138,34 @@ def whole_repro(project: Path) -> dict:
         result = command(["dvc", "repro", "--single-item", stage], project)
         stages[stage] = {k: result[k] for k in ("seconds", "peak_rss_mb")}
         if stage in METRICS:
-            stages[stage]["test_accuracy"] = round(metrics_of(project, METRICS[stage])["test_accuracy"], 4)
+            stages[stage]["test_accuracy"] = round(
+                metrics_of(project, METRICS[stage])["test_accuracy"], 4
+            )
         print(stage, stages[stage], flush=True)
     again = command(["dvc", "repro"], project)
     base_seconds = sum(v["seconds"] for k, v in stages.items() if k.endswith(f"@{BASE}"))
-    return {"stages": stages, "total_seconds": round(sum(v["seconds"] for v in stages.values()), 1),
-            f"{BASE}_seconds": round(base_seconds, 1),
-            "second_repro": {"seconds": again["seconds"], "ran": ran_stages(again["output"])}}
+    return {
+        "stages": stages,
+        "total_seconds": round(sum(v["seconds"] for v in stages.values()), 1),
+        f"{BASE}_seconds": round(base_seconds, 1),
+        "second_repro": {"seconds": again["seconds"], "ran": ran_stages(again["output"])},
+    }
 
 
 def head_only_change(project: Path, first: dict) -> dict:
     params = yaml.safe_load((project / "params.yaml").read_text())
-    edit_params(project, f"train.features.learning_rate={params['train']['features']['learning_rate'] * 2}")
+    edit_params(
+        project, f"train.features.learning_rate={params['train']['features']['learning_rate'] * 2}"
+    )
     result = command(["dvc", "repro"], project)
     base_seconds = first[f"{BASE}_seconds"]
-    return {"changed": "train.features.learning_rate (x2)", "ran": ran_stages(result["output"]),
-            "seconds": result["seconds"], f"first_{BASE}_seconds": base_seconds,
-            "fraction": round(result["seconds"] / base_seconds, 3)}
+    return {
+        "changed": "train.features.learning_rate (x2)",
+        "ran": ran_stages(result["output"]),
+        "seconds": result["seconds"],
+        f"first_{BASE}_seconds": base_seconds,
+        "fraction": round(result["seconds"] / base_seconds, 3),
+    }
 
 
 def fast_path(project: Path, copies: int | None) -> dict:
@@ -129,46 +175,79 @@ def fast_path(project: Path, copies: int | None) -> dict:
     params = yaml.safe_load((project / "params.yaml").read_text())
     copies = copies or params["train"]["frozen_aug"]["epochs"]
     edit_params(project, f"train.frozen_aug.cached_copies={copies}")
-    result = command([sys.executable, "-m", "pipeline", "train", "frozen_aug", "--base", BASE], project)
+    result = command(
+        [sys.executable, "-m", "pipeline", "train", "frozen_aug", "--base", BASE], project
+    )
     cached = metrics_of(project, name)
 
     def row(metrics: dict, wall: float | None) -> dict:
-        return {"test_accuracy": round(metrics["test_accuracy"], 4),
-                "best_val_accuracy": round(metrics["best_val_accuracy"], 4),
-                "train_seconds": round(metrics["train_seconds"], 1), "stage_seconds": wall}
+        return {
+            "test_accuracy": round(metrics["test_accuracy"], 4),
+            "best_val_accuracy": round(metrics["best_val_accuracy"], 4),
+            "train_seconds": round(metrics["train_seconds"], 1),
+            "stage_seconds": wall,
+        }
 
-    return {"epochs": params["train"]["frozen_aug"]["epochs"], "cached_copies": copies,
-            "on_the_fly": row(on_the_fly, None), "cached": row(cached, result["seconds"])}
+    return {
+        "epochs": params["train"]["frozen_aug"]["epochs"],
+        "cached_copies": copies,
+        "on_the_fly": row(on_the_fly, None),
+        "cached": row(cached, result["seconds"]),
+    }
 
 
 def markdown(figures: dict) -> str:
     repro = figures["repro"]
-    lines = ["# Benchmark: a whole offline `dvc repro`", "",
-             f"`python benchmarks/repro.py {' '.join(figures['command_args'])}` on {figures['machine']}; "
-             f"`pretrained.bases` holds only {BASE}.", "",
-             "| stage | seconds | peak RSS (MB) | test accuracy |", "| --- | --- | --- | --- |"]
+    lines = [
+        "# Benchmark: a whole offline `dvc repro`",
+        "",
+        f"`python benchmarks/repro.py {' '.join(figures['command_args'])}` on {figures['machine']}; "
+        f"`pretrained.bases` holds only {BASE}.",
+        "",
+        "| stage | seconds | peak RSS (MB) | test accuracy |",
+        "| --- | --- | --- | --- |",
+    ]
     for stage, r in repro["stages"].items():
-        lines.append(f"| {stage} | {r['seconds']} | {r['peak_rss_mb']} | {r.get('test_accuracy', '')} |")
-    lines += ["", f"Whole `dvc repro`: {repro['total_seconds']} s, of which the {BASE} stages "
-              f"{repro[f'{BASE}_seconds']} s. A second `dvc repro` ran {repro['second_repro']['ran'] or 'nothing'} "
-              f"in {repro['second_repro']['seconds']} s.", ""]
+        lines.append(
+            f"| {stage} | {r['seconds']} | {r['peak_rss_mb']} | {r.get('test_accuracy', '')} |"
+        )
+    lines += [
+        "",
+        f"Whole `dvc repro`: {repro['total_seconds']} s, of which the {BASE} stages "
+        f"{repro[f'{BASE}_seconds']} s. A second `dvc repro` ran {repro['second_repro']['ran'] or 'nothing'} "
+        f"in {repro['second_repro']['seconds']} s.",
+        "",
+    ]
     head = figures["head_only"]
-    lines += [f"Head-only change ({head['changed']}): `dvc repro` ran {', '.join(head['ran'])} in {head['seconds']} s, "
-              f"{head['fraction']:.1%} of the first run's {head[f'first_{BASE}_seconds']} s for {BASE}.", ""]
+    lines += [
+        f"Head-only change ({head['changed']}): `dvc repro` ran {', '.join(head['ran'])} in {head['seconds']} s, "
+        f"{head['fraction']:.1%} of the first run's {head[f'first_{BASE}_seconds']} s for {BASE}.",
+        "",
+    ]
     fast = figures["fast_path"]
-    lines += [f"frozen_aug@{BASE}, {fast['epochs']} epochs: on the fly against `cached_copies: {fast['cached_copies']}`", "",
-              "| frozen_aug | test accuracy | best validation | training seconds |", "| --- | --- | --- | --- |"]
+    lines += [
+        f"frozen_aug@{BASE}, {fast['epochs']} epochs: on the fly against `cached_copies: {fast['cached_copies']}`",
+        "",
+        "| frozen_aug | test accuracy | best validation | training seconds |",
+        "| --- | --- | --- | --- |",
+    ]
     for name in ("on_the_fly", "cached"):
         r = fast[name]
-        lines.append(f"| {name.replace('_', ' ')} | {r['test_accuracy']} | {r['best_val_accuracy']} | {r['train_seconds']} |")
+        lines.append(
+            f"| {name.replace('_', ' ')} | {r['test_accuracy']} | {r['best_val_accuracy']} | {r['train_seconds']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--cached-copies", type=int, default=None, help="default: frozen_aug's epochs")
+    parser.add_argument(
+        "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
+    )
+    parser.add_argument(
+        "--cached-copies", type=int, default=None, help="default: frozen_aug's epochs"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "reports/benchmark-repro.md")
     args = parser.parse_args()
     if not args.archive.is_file():
@@ -176,8 +255,10 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="benchmark-repro-"))
     project = make_project(work, args.archive, args.overrides)
-    figures = {"machine": f"{os.uname().machine}, {os.cpu_count()} cores",
-               "command_args": [f"-S {o}" for o in args.overrides]}
+    figures = {
+        "machine": f"{os.uname().machine}, {os.cpu_count()} cores",
+        "command_args": [f"-S {o}" for o in args.overrides],
+    }
     figures["repro"] = whole_repro(project)
     figures["head_only"] = head_only_change(project, figures["repro"])
     print("head-only change", figures["head_only"], flush=True)

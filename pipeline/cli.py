@@ -56,18 +56,24 @@ def split() -> None:
 
 
 @stage
-def prepare(image_size: int = typer.Argument(..., help="Side in pixels; must be in prepare.image_sizes.")) -> None:
+def prepare(
+    image_size: int = typer.Argument(..., help="Side in pixels; must be in prepare.image_sizes."),
+) -> None:
     """Decode and resize every split once into data/prepared/<size>px/<split>.npz."""
     from pipeline.data.prepare import run_prepare
 
     params = load_params()
     if image_size not in params.prepare.image_sizes:
-        raise PipelineError(f"prepare: {image_size} is not in prepare.image_sizes {params.prepare.image_sizes}")
+        raise PipelineError(
+            f"prepare: {image_size} is not in prepare.image_sizes {params.prepare.image_sizes}"
+        )
     run_prepare(image_size)
 
 
 ModelName = typer.Argument(..., help="baseline | augmented | features | frozen_aug | finetune")
-BaseOption = typer.Option(None, "--base", help="Conv base (a key of pretrained.bases); for the pretrained models.")
+BaseOption = typer.Option(
+    None, "--base", help="Conv base (a key of pretrained.bases); for the pretrained models."
+)
 SCRATCH_MODELS = ("baseline", "augmented")
 PRETRAINED_MODELS = ("features", "frozen_aug", "finetune")
 
@@ -88,7 +94,9 @@ def train(model: str = ModelName, base: str = BaseOption) -> None:
             raise PipelineError(f"train {model}: give the conv base with --base")
         getattr(stages, f"train_{model}")(params, base)
     else:
-        raise PipelineError(f"train: unknown model {model!r}; one of {', '.join(SCRATCH_MODELS + PRETRAINED_MODELS)}")
+        raise PipelineError(
+            f"train: unknown model {model!r}; one of {', '.join(SCRATCH_MODELS + PRETRAINED_MODELS)}"
+        )
 
 
 @stage

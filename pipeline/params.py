@@ -87,8 +87,10 @@ class FinetuneParams(Section):
 
 
 # YAML 1.1 (PyYAML) reads a bare on/off as a boolean; DVC's YAML 1.2 reads a string. Take both.
-Switch = Annotated[Literal["auto", "on", "off"],
-                   BeforeValidator(lambda v: ("on" if v else "off") if isinstance(v, bool) else v)]
+Switch = Annotated[
+    Literal["auto", "on", "off"],
+    BeforeValidator(lambda v: ("on" if v else "off") if isinstance(v, bool) else v),
+]
 
 
 class RuntimeParams(Section):

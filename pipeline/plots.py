@@ -22,9 +22,11 @@ def _save(fig, out: Path) -> None:
 
 def learning_curves(history: pd.DataFrame, title: str, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, metric in zip(axes, ("accuracy", "loss")):
+    for ax, metric in zip(axes, ("accuracy", "loss"), strict=False):
         ax.plot(history["epoch"], history[metric], "o-", ms=3, label=f"training {metric}")
-        ax.plot(history["epoch"], history[f"val_{metric}"], "s-", ms=3, label=f"validation {metric}")
+        ax.plot(
+            history["epoch"], history[f"val_{metric}"], "s-", ms=3, label=f"validation {metric}"
+        )
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
@@ -52,7 +54,13 @@ def progression_chart(table: pd.DataFrame, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(table)), 4))
     x = np.arange(len(table))
     ours = ax.bar(x - 0.2, table["test_accuracy"], 0.4, label="this pipeline (test)")
-    ax.bar(x + 0.2, table["book"].fillna(0), 0.4, label="book (VGG16 for the pretrained rows)", alpha=0.6)
+    ax.bar(
+        x + 0.2,
+        table["book"].fillna(0),
+        0.4,
+        label="book (VGG16 for the pretrained rows)",
+        alpha=0.6,
+    )
     ax.bar_label(ours, fmt="%.3f", fontsize=8)
     ax.set_xticks(x, table["model"], rotation=20, ha="right")
     ax.set_ylim(0.4, 1.0)

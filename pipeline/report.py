@@ -18,11 +18,11 @@ PROGRESSION_PNG = Path("reports/progression.png")
 
 # Deep Learning with Python, 1st ed., ch. 5 (VGG16 for the pretrained models).
 BOOK = {
-    "baseline": (0.72, "validation, \"70-72%\""),
-    "augmented": (0.82, "validation, \"82%\""),
-    "features": (0.90, "validation, \"about 90%\""),
-    "frozen_aug": (0.96, "validation, \"about 96%\""),
-    "finetune": (0.968, "test, \"97%\""),
+    "baseline": (0.72, 'validation, "70-72%"'),
+    "augmented": (0.82, 'validation, "82%"'),
+    "features": (0.90, 'validation, "about 90%"'),
+    "frozen_aug": (0.96, 'validation, "about 96%"'),
+    "finetune": (0.968, 'test, "97%"'),
 }
 
 
@@ -39,15 +39,22 @@ def progression_table(params: Params, metrics_dir: Path = METRICS_DIR) -> pd.Dat
     for run_name, model, base in expected_runs(params):
         path = metrics_dir / f"{run_name}.json"
         if not path.is_file():
-            raise PipelineError(f"{path} not found; run `dvc repro` so every model is trained first")
+            raise PipelineError(
+                f"{path} not found; run `dvc repro` so every model is trained first"
+            )
         metrics = json.loads(path.read_text())
-        rows.append({
-            "model": run_name, "base": base,
-            "test_accuracy": metrics["test_accuracy"],
-            "best_val_accuracy": metrics["best_val_accuracy"],
-            "book": BOOK[model][0], "book_measure": BOOK[model][1],
-            "epochs": metrics["epochs"], "train_seconds": metrics["train_seconds"],
-        })
+        rows.append(
+            {
+                "model": run_name,
+                "base": base,
+                "test_accuracy": metrics["test_accuracy"],
+                "best_val_accuracy": metrics["best_val_accuracy"],
+                "book": BOOK[model][0],
+                "book_measure": BOOK[model][1],
+                "epochs": metrics["epochs"],
+                "train_seconds": metrics["train_seconds"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -77,7 +84,9 @@ def run_report(params: Params) -> pd.DataFrame:
     write_text(PROGRESSION_MD, markdown(table))
     plots.progression_chart(table, PROGRESSION_PNG)
     with mlflow.start_run(run_name="report", tags=tracking.run_tags("report", {})):
-        mlflow.log_metrics({f"{row.model}.test_accuracy": row.test_accuracy for row in table.itertuples()})
+        mlflow.log_metrics(
+            {f"{row.model}.test_accuracy": row.test_accuracy for row in table.itertuples()}
+        )
         mlflow.log_artifact(str(PROGRESSION_MD))
         mlflow.log_artifact(str(PROGRESSION_PNG))
     print(PROGRESSION_MD.read_text())

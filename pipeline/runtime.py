@@ -32,7 +32,9 @@ def setup(params: Params) -> tf.distribute.Strategy:
     logical_cpus = int(os.environ.get("PIPELINE_LOGICAL_CPUS", "1"))
     if logical_cpus > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus)
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus
+        )
     keras.utils.set_random_seed(params.train.seed)
     if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()

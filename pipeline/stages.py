@@ -26,13 +26,23 @@ def _common_tags(params: Params, image_size: int, base: str = "none") -> dict:
     from pipeline.tracking import file_hash
 
     split_hash = file_hash(SPLIT_FILE) if SPLIT_FILE.is_file() else "unknown"
-    return {"base": base, "image_size": image_size, "seed": params.train.seed, "split_sha256": split_hash}
+    return {
+        "base": base,
+        "image_size": image_size,
+        "seed": params.train.seed,
+        "split_sha256": split_hash,
+    }
 
 
 def _logged_params(params: Params, model: str, augmented: bool, base: str | None = None) -> dict:
     """The params.yaml sections a model's stage reads, for its MLflow run."""
-    logged = {"train": {"seed": params.train.seed, "runtime": params.train.runtime.model_dump(),
-                        model: getattr(params.train, model).model_dump()}}
+    logged = {
+        "train": {
+            "seed": params.train.seed,
+            "runtime": params.train.runtime.model_dump(),
+            model: getattr(params.train, model).model_dump(),
+        }
+    }
     if augmented:
         logged["augmentation"] = params.augmentation.model_dump()
     if base:
@@ -49,14 +59,22 @@ def train_scratch(params: Params, model: str) -> dict:
     settings = getattr(params.train, model)
     augmented = model == "augmented"
     job = train.Job(
-        name=model, stage=model,
+        name=model,
+        stage=model,
         build_model=lambda: build_convnet(
-            settings.image_size, settings.dropout,
-            augmentation(params.augmentation, params.train.seed) if augmented else None, name=model),
+            settings.image_size,
+            settings.dropout,
+            augmentation(params.augmentation, params.train.seed) if augmented else None,
+            name=model,
+        ),
         data=_images(settings.image_size),
-        epochs=settings.epochs, batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-        steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
-        params=_logged_params(params, model, augmented), tags=_common_tags(params, settings.image_size),
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        steps_per_epoch=settings.steps_per_epoch,
+        seed=params.train.seed,
+        params=_logged_params(params, model, augmented),
+        tags=_common_tags(params, settings.image_size),
     )
     return train.run(job, params)
 
@@ -69,7 +87,9 @@ def save_base_weights(params: Params, base: str) -> Path:
 
 def _base(params: Params, base: str):
     if base not in params.pretrained.bases:
-        raise PipelineError(f"conv base {base!r} is not in pretrained.bases ({', '.join(params.pretrained.bases)})")
+        raise PipelineError(
+            f"conv base {base!r} is not in pretrained.bases ({', '.join(params.pretrained.bases)})"
+        )
     return params.pretrained.bases[base]
 
 
@@ -88,7 +108,11 @@ def extract(params: Params, base: str, batch_size: int = 32) -> Path:
         for split in SPLITS:
             images, labels = load_prepared(settings.image_size, split)
             print(f"extract {base} features of {len(images)} {split} images")
-            np.savez(tmp / f"{split}.npz", features=extract_features(extractor, images, batch_size), labels=labels)
+            np.savez(
+                tmp / f"{split}.npz",
+                features=extract_features(extractor, images, batch_size),
+                labels=labels,
+            )
     print(f"wrote {out}")
     return out
 
@@ -114,10 +138,16 @@ def train_features(params: Params, base: str) -> dict:
     settings, base_settings = params.train.features, _base(params, base)
     data = _features(base)
     job = train.Job(
-        name=f"features-{base}", stage=f"features@{base}",
-        build_model=lambda: dense_head(data.train[0].shape[1], settings.dense_units, settings.dropout, f"features_{base}"),
-        data=data, epochs=settings.epochs, batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate, seed=params.train.seed,
+        name=f"features-{base}",
+        stage=f"features@{base}",
+        build_model=lambda: dense_head(
+            data.train[0].shape[1], settings.dense_units, settings.dropout, f"features_{base}"
+        ),
+        data=data,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        seed=params.train.seed,
         params=_logged_params(params, "features", augmented=False, base=base),
         tags=_common_tags(params, base_settings.image_size, base),
     )
@@ -140,20 +170,44 @@ def train_frozen_aug(params: Params, base: str) -> dict:
 
     def full_model():
         return frozen_base_model(
-            base, base_settings.image_size, base_settings.pooling, settings.dense_units,
-            augmentation(params.augmentation, params.train.seed), f"frozen_aug_{base}")
+            base,
+            base_settings.image_size,
+            base_settings.pooling,
+            settings.dense_units,
+            augmentation(params.augmentation, params.train.seed),
+            f"frozen_aug_{base}",
+        )
 
-    build_model, export, data, extra_seconds = full_model, None, _images(base_settings.image_size), 0.0
+    build_model, export, data, extra_seconds = (
+        full_model,
+        None,
+        _images(base_settings.image_size),
+        0.0,
+    )
     if settings.cached_copies:
         started = time.perf_counter()
         data = _augmented_features(params, base, data, settings.cached_copies)
         extra_seconds = time.perf_counter() - started
-        build_model = lambda: dense_head(data.train[0].shape[1], settings.dense_units, 0.0, f"frozen_aug_head_{base}")
-        export = lambda head: with_head(full_model(), head)
+
+        def build_model():
+            return dense_head(
+                data.train[0].shape[1], settings.dense_units, 0.0, f"frozen_aug_head_{base}"
+            )
+
+        def export(head):
+            return with_head(full_model(), head)
+
     job = train.Job(
-        name=f"frozen_aug-{base}", stage=f"frozen_aug@{base}", build_model=build_model, export=export,
-        data=data, epochs=settings.epochs, batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate, steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
+        name=f"frozen_aug-{base}",
+        stage=f"frozen_aug@{base}",
+        build_model=build_model,
+        export=export,
+        data=data,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        steps_per_epoch=settings.steps_per_epoch,
+        seed=params.train.seed,
         extra_seconds=extra_seconds,
         params=_logged_params(params, "frozen_aug", augmented=True, base=base),
         tags=_common_tags(params, base_settings.image_size, base),
@@ -207,9 +261,15 @@ def train_finetune(params: Params, base: str) -> dict:
         return model
 
     job = train.Job(
-        name=f"finetune-{base}", stage=f"finetune@{base}", build_model=build_model,
-        data=_images(base_settings.image_size), epochs=settings.epochs, batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate, steps_per_epoch=settings.steps_per_epoch, seed=params.train.seed,
+        name=f"finetune-{base}",
+        stage=f"finetune@{base}",
+        build_model=build_model,
+        data=_images(base_settings.image_size),
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        steps_per_epoch=settings.steps_per_epoch,
+        seed=params.train.seed,
         params=_logged_params(params, "finetune", augmented=True, base=base),
         tags=_common_tags(params, base_settings.image_size, base),
     )

@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
 import subprocess
 import urllib.parse
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -60,10 +61,9 @@ def connect() -> str:
         artifacts = None
         if uri.startswith("sqlite:"):
             artifacts = (project_root() / "mlartifacts").as_uri()
-        try:
+        # Another stage may create it in the meantime.
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
             mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
-        except mlflow.exceptions.MlflowException:
-            pass  # another stage created it in the meantime
     mlflow.set_experiment(EXPERIMENT)
     return uri
 
@@ -80,7 +80,7 @@ def repro_id() -> str:
         if "dvc" in cmdline and any(word in cmdline for word in ("repro", "exp", "queue")):
             process = parent
             break
-    started = datetime.fromtimestamp(process.create_time(), timezone.utc).strftime("%Y%m%dT%H%M%S")
+    started = datetime.fromtimestamp(process.create_time(), UTC).strftime("%Y%m%dT%H%M%S")
     return f"{socket.gethostname()}-{process.pid}-{started}"
 
 
@@ -100,8 +100,14 @@ def file_hash(path: Path) -> str:
 
 
 def run_tags(stage: str, extra: dict[str, str]) -> dict[str, str]:
-    tags = {"dvc.stage": stage, "pipeline.repro_id": repro_id(), "pipeline.host": socket.gethostname(),
-            "pipeline.pid": str(os.getpid()), **git_state(), **extra}
+    tags = {
+        "dvc.stage": stage,
+        "pipeline.repro_id": repro_id(),
+        "pipeline.host": socket.gethostname(),
+        "pipeline.pid": str(os.getpid()),
+        **git_state(),
+        **extra,
+    }
     if exp := os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = exp
     return tags
@@ -132,6 +138,8 @@ def close_stale_runs(stage: str) -> None:
     )
     for run in stale:
         tags = run.data.tags
-        if tags.get("pipeline.host") == socket.gethostname() and not psutil.pid_exists(int(tags.get("pipeline.pid", 0))):
+        if tags.get("pipeline.host") == socket.gethostname() and not psutil.pid_exists(
+            int(tags.get("pipeline.pid", 0))
+        ):
             client.set_terminated(run.info.run_id, status="KILLED")
             print(f"marked MLflow run {run.info.run_id} of {stage} KILLED: its process is gone")

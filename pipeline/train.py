@@ -28,9 +28,8 @@ from pipeline import plots, tracking
 from pipeline.data.dataset import make_dataset
 from pipeline.data.download import CLASSES
 from pipeline.errors import PipelineError
-from pipeline.project import CHECKPOINTS_DIR, FIGURES_DIR, HISTORY_DIR, METRICS_DIR, MODELS_DIR
 from pipeline.io import atomic_path, write_text
-
+from pipeline.project import CHECKPOINTS_DIR, FIGURES_DIR, HISTORY_DIR, METRICS_DIR, MODELS_DIR
 
 
 @dataclass
@@ -52,7 +51,9 @@ class Job:
     batch_size: int
     learning_rate: float
     steps_per_epoch: int = 0  # 0: one pass over the training set
-    export: Callable[[keras.Model], keras.Model] | None = None  # the model to save, from the trained one
+    export: Callable[[keras.Model], keras.Model] | None = (
+        None  # the model to save, from the trained one
+    )
     extra_seconds: float = 0.0  # training work done before fit (cached augmented features)
     seed: int = 0
     params: dict = field(default_factory=dict)  # the stage's params.yaml sections
@@ -71,7 +72,10 @@ class _EpochRecorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         import mlflow
 
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}}
+        row = {
+            "epoch": epoch + 1,
+            **{k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"},
+        }
         row["epoch_seconds"] = round(time.perf_counter() - self.started, 3)
         self.rows.append(row)
         with atomic_path(self.history_file) as tmp:  # before BackupAndRestore saves this epoch
@@ -113,7 +117,11 @@ def compile_model(model: keras.Model, learning_rate: float, jit_compile: bool = 
 
 def _checkpoint_dir(job: Job) -> Path:
     """A resume is only safe with the same settings: the folder is keyed by them."""
-    key = json.dumps([job.params, {k: str(v) for k, v in job.tags.items()}, job.epochs], sort_keys=True, default=str)
+    key = json.dumps(
+        [job.params, {k: str(v) for k, v in job.tags.items()}, job.epochs],
+        sort_keys=True,
+        default=str,
+    )
     return CHECKPOINTS_DIR / f"{job.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -126,7 +134,9 @@ def _resumable_history(checkpoints: Path) -> list[dict]:
 
     history = checkpoints / "history.csv"
     for weights in ("latest.weights.h5", "latest.weights.h5.bkp"):
-        metadata = checkpoints / ("training_metadata.json" + weights.removeprefix("latest.weights.h5"))
+        metadata = checkpoints / (
+            "training_metadata.json" + weights.removeprefix("latest.weights.h5")
+        )
         try:
             h5py.File(checkpoints / weights, "r").close()
             done = json.loads(metadata.read_text())["epoch"]
@@ -153,26 +163,44 @@ def run(job: Job, params) -> dict:
     with strategy.scope():
         model = job.build_model()
         compile_model(model, job.learning_rate, runtime.jit_compile(params))
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = job.data.train, job.data.validation, job.data.test
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
+        job.data.train,
+        job.data.validation,
+        job.data.test,
+    )
     repeat = job.steps_per_epoch > 0
-    train_ds = make_dataset(x_train, y_train, job.batch_size, training=True, seed=job.seed, repeat=repeat)
+    train_ds = make_dataset(
+        x_train, y_train, job.batch_size, training=True, seed=job.seed, repeat=repeat
+    )
     val_ds = make_dataset(x_val, y_val, job.batch_size)
     test_ds = make_dataset(x_test, y_test, job.batch_size)
     checkpoints = _checkpoint_dir(job)
     previous = _resumable_history(checkpoints)
 
-    tags = tracking.run_tags(job.stage, {**{k: str(v) for k, v in job.tags.items()}, **runtime.describe(strategy)})
+    tags = tracking.run_tags(
+        job.stage, {**{k: str(v) for k, v in job.tags.items()}, **runtime.describe(strategy)}
+    )
     if previous:
         tags["resumed_from_epoch"] = str(len(previous))
     with mlflow.start_run(run_name=job.name, tags=tags) as active:
         try:
             mlflow.log_params(tracking.flatten(job.params))
-            mlflow.log_params({"trainable_params": _count(model.trainable_weights), "total_params": model.count_params()})
+            mlflow.log_params(
+                {
+                    "trainable_params": _count(model.trainable_weights),
+                    "total_params": model.count_params(),
+                }
+            )
             for row in previous:  # a resumed run still shows the whole curve
-                mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
-            print(f"training {job.name}: {len(x_train)} train / {len(x_val)} validation / {len(x_test)} test, "
-                  f"{job.epochs} epochs" + (f", resuming after epoch {len(previous)}" if previous else "")
-                  + f" (MLflow run {active.info.run_id})")
+                mlflow.log_metrics(
+                    {k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"])
+                )
+            print(
+                f"training {job.name}: {len(x_train)} train / {len(x_val)} validation / {len(x_test)} test, "
+                f"{job.epochs} epochs"
+                + (f", resuming after epoch {len(previous)}" if previous else "")
+                + f" (MLflow run {active.info.run_id})"
+            )
             recorder = _EpochRecorder(checkpoints / "history.csv", previous)
             started = time.perf_counter()
             model.fit(
@@ -183,19 +211,32 @@ def run(job: Job, params) -> dict:
                 callbacks=[recorder, _AtomicBackup(str(checkpoints))],
                 verbose=2,  # one line per epoch: readable in `dvc repro` logs
             )
-            train_seconds = time.perf_counter() - started + sum(r["epoch_seconds"] for r in previous) + job.extra_seconds
+            train_seconds = (
+                time.perf_counter()
+                - started
+                + sum(r["epoch_seconds"] for r in previous)
+                + job.extra_seconds
+            )
             test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
             predicted = (model.predict(test_ds, verbose=0).ravel() > 0.5).astype(int)
             history = pd.DataFrame(recorder.rows)
             metrics = _summarise(history, test_loss, test_accuracy, train_seconds)
             mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-            _write_outputs(job, job.export(model) if job.export else model, history, metrics, _confusion(y_test.ravel().astype(int), predicted))
+            _write_outputs(
+                job,
+                job.export(model) if job.export else model,
+                history,
+                metrics,
+                _confusion(y_test.ravel().astype(int), predicted),
+            )
         except KeyboardInterrupt:
             mlflow.end_run(status="KILLED")  # the context manager would say FAILED
             raise
     shutil.rmtree(checkpoints, ignore_errors=True)
-    print(f"{job.name}: test accuracy {metrics['test_accuracy']:.4f}, "
-          f"best validation {metrics['best_val_accuracy']:.4f}, {train_seconds:.0f} s")
+    print(
+        f"{job.name}: test accuracy {metrics['test_accuracy']:.4f}, "
+        f"best validation {metrics['best_val_accuracy']:.4f}, {train_seconds:.0f} s"
+    )
     return metrics
 
 
@@ -203,7 +244,9 @@ def _count(weights) -> int:
     return int(sum(np.prod(w.shape) for w in weights))
 
 
-def _summarise(history: pd.DataFrame, test_loss: float, test_accuracy: float, seconds: float) -> dict:
+def _summarise(
+    history: pd.DataFrame, test_loss: float, test_accuracy: float, seconds: float
+) -> dict:
     val_accuracy = history["val_accuracy"]
     return {
         "test_accuracy": round(float(test_accuracy), 4),
@@ -223,7 +266,9 @@ def _confusion(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return matrix
 
 
-def _write_outputs(job: Job, model: keras.Model, frame: pd.DataFrame, metrics: dict, confusion: np.ndarray) -> None:
+def _write_outputs(
+    job: Job, model: keras.Model, frame: pd.DataFrame, metrics: dict, confusion: np.ndarray
+) -> None:
     import mlflow
 
     metrics_file = METRICS_DIR / f"{job.name}.json"
@@ -238,15 +283,23 @@ def _write_outputs(job: Job, model: keras.Model, frame: pd.DataFrame, metrics: d
         model.save(tmp_model)
         tmp_model.replace(model_file)
     except OSError as exc:
-        raise PipelineError(f"cannot write {model_file}: {exc.strerror or exc} ({exc.filename})") from None
+        raise PipelineError(
+            f"cannot write {model_file}: {exc.strerror or exc} ({exc.filename})"
+        ) from None
     finally:
         tmp_model.unlink(missing_ok=True)
-    record = {"model": job.name, **{k: str(v) for k, v in job.tags.items()}, **metrics,
-              "confusion_matrix": confusion.tolist()}
+    record = {
+        "model": job.name,
+        **{k: str(v) for k, v in job.tags.items()},
+        **metrics,
+        "confusion_matrix": confusion.tolist(),
+    }
     write_text(metrics_file, json.dumps(record, indent=2) + "\n")
     with atomic_path(history_file) as tmp:
         frame.round(5).to_csv(tmp, index=False)
-    plots.learning_curves(frame, f"{job.name}: test accuracy {metrics['test_accuracy']:.3f}", figures / "curves.png")
+    plots.learning_curves(
+        frame, f"{job.name}: test accuracy {metrics['test_accuracy']:.3f}", figures / "curves.png"
+    )
     plots.confusion_matrix(confusion, CLASSES, f"{job.name} (test)", figures / "confusion.png")
 
     mlflow.log_artifact(str(history_file))

@@ -13,7 +13,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
-SHARED_ZIP = Path(os.environ.get("DOGS_VS_CATS_ZIP", ROOT.parent / "shared/data/dogs-vs-cats-6000.zip"))
+SHARED_ZIP = Path(
+    os.environ.get("DOGS_VS_CATS_ZIP", ROOT.parent / "shared/data/dogs-vs-cats-6000.zip")
+)
 
 
 class ArchiveServer(http.server.ThreadingHTTPServer):
@@ -111,28 +113,45 @@ def update_params(project: Path, update: dict) -> None:
 
     def merge(into: dict, new: dict) -> None:
         for key, value in new.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict) and not value.get("__replace__"):
+            if (
+                isinstance(value, dict)
+                and isinstance(into.get(key), dict)
+                and not value.get("__replace__")
+            ):
                 merge(into[key], value)
             else:
-                into[key] = {k: v for k, v in value.items() if k != "__replace__"} if isinstance(value, dict) else value
+                into[key] = (
+                    {k: v for k, v in value.items() if k != "__replace__"}
+                    if isinstance(value, dict)
+                    else value
+                )
 
     merge(params, update)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run a command (dvc, python -m pipeline, git) with the project's venv on PATH."""
-    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    full_env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     for role in ("AUTHOR", "COMMITTER"):  # `dvc exp` commits; CI may have no git identity
         full_env.setdefault(f"GIT_{role}_NAME", "pipeline tests")
         full_env.setdefault(f"GIT_{role}_EMAIL", "tests@localhost")
     full_env.update(env or {})
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
 def ran_stages(output: str) -> list[str]:
     """Stage names that `dvc repro` actually ran, from its output."""
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+    return [
+        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
+    ]

@@ -12,7 +12,10 @@ from pipeline.errors import PipelineError
 
 @pytest.fixture
 def outputs(tmp_path):
-    return {"images_dir": tmp_path / "data/images", "report_file": tmp_path / "reports/download.json"}
+    return {
+        "images_dir": tmp_path / "data/images",
+        "report_file": tmp_path / "reports/download.json",
+    }
 
 
 def fetch_over_http(server, name, **kwargs):
@@ -29,17 +32,36 @@ def test_http_download_of_both_layouts(archive_server, outputs, layout):
     report = run_download(source, sha, **outputs)
     assert report["layout"] == layout
     assert report["classes"]["cat"]["valid"] == report["classes"]["dog"]["valid"] == 6
-    assert sorted(p.name for p in (outputs["images_dir"] / "dog").iterdir()) == [f"{i}.jpg" for i in range(6)]
+    assert sorted(p.name for p in (outputs["images_dir"] / "dog").iterdir()) == [
+        f"{i}.jpg" for i in range(6)
+    ]
     assert json.loads(outputs["report_file"].read_text())["classes"] == report["classes"]
 
 
 def test_bad_images_are_skipped_and_counted_per_class(archive_server, outputs):
     bad = {("cat", 1): b"", ("cat", 2): corrupt_jpeg(), ("dog", 3): b"<html>not an image</html>"}
-    write_archive(archive_server.directory / "ms.zip", layout="microsoft", per_class=8, bad=bad,
-                  extra={"PetImages/Cat/Thumbs.db": b"\x00" * 10})
+    write_archive(
+        archive_server.directory / "ms.zip",
+        layout="microsoft",
+        per_class=8,
+        bad=bad,
+        extra={"PetImages/Cat/Thumbs.db": b"\x00" * 10},
+    )
     report = run_download(f"{archive_server.url}/ms.zip", **outputs)
-    assert report["classes"]["cat"] == {"valid": 6, "corrupt": 1, "zero_byte": 1, "not_image": 1, "not_numbered": 0}
-    assert report["classes"]["dog"] == {"valid": 7, "corrupt": 0, "zero_byte": 0, "not_image": 1, "not_numbered": 0}
+    assert report["classes"]["cat"] == {
+        "valid": 6,
+        "corrupt": 1,
+        "zero_byte": 1,
+        "not_image": 1,
+        "not_numbered": 0,
+    }
+    assert report["classes"]["dog"] == {
+        "valid": 7,
+        "corrupt": 0,
+        "zero_byte": 0,
+        "not_image": 1,
+        "not_numbered": 0,
+    }
     reasons = {s["file"]: s["reason"] for s in report["skipped"]}
     assert reasons == {
         "PetImages/Cat/1.jpg": "zero_byte",
@@ -56,7 +78,11 @@ def test_wrong_checksum_fails_and_leaves_nothing(archive_server, outputs):
     with pytest.raises(PipelineError, match=r"data.sha256 mismatch .* expects 0000"):
         run_download(f"{archive_server.url}/a.zip", "0" * 64, **outputs)
     assert not outputs["images_dir"].exists() and not outputs["report_file"].exists()
-    assert not list((archive_server.directory.parent / "cache").glob("*")) if (archive_server.directory.parent / "cache").exists() else True
+    assert (
+        not list((archive_server.directory.parent / "cache").glob("*"))
+        if (archive_server.directory.parent / "cache").exists()
+        else True
+    )
 
 
 def test_http_404_fails_at_once(archive_server, tmp_path):
@@ -66,7 +92,9 @@ def test_http_404_fails_at_once(archive_server, tmp_path):
 
 
 def test_unreachable_url_fails_after_retries(tmp_path):
-    with pytest.raises(PipelineError, match=r"cannot download http://127.0.0.1:9/x.zip after 3 attempts"):
+    with pytest.raises(
+        PipelineError, match=r"cannot download http://127.0.0.1:9/x.zip after 3 attempts"
+    ):
         fetch_archive("http://127.0.0.1:9/x.zip", cache_dir=tmp_path, retries=3, backoff_seconds=0)
 
 

@@ -8,13 +8,18 @@ from synthetic import write_archive
 
 def test_dvc_repro_data_stages(tmp_path):
     archive = write_archive(tmp_path / "sample.zip", per_class=24, size=64)
-    project = make_project(tmp_path / "project", {
-        "data": {"source": str(archive)},
-        "split": {"train": 10, "validation": 4, "test": 4},
-        "prepare": {"image_sizes": [48, 64]},
-        "train": {"baseline": {"image_size": 48}, "augmented": {"image_size": 48}},
-        "pretrained": {"bases": {"vgg16": {"image_size": 64}, "efficientnet_lite0": {"image_size": 64}}},
-    })
+    project = make_project(
+        tmp_path / "project",
+        {
+            "data": {"source": str(archive)},
+            "split": {"train": 10, "validation": 4, "test": 4},
+            "prepare": {"image_sizes": [48, 64]},
+            "train": {"baseline": {"image_size": 48}, "augmented": {"image_size": 48}},
+            "pretrained": {
+                "bases": {"vgg16": {"image_size": 64}, "efficientnet_lite0": {"image_size": 64}}
+            },
+        },
+    )
     targets = ["prepare@48", "prepare@64"]
     first = run(["dvc", "repro", *targets], project)
     stages = ran_stages(first.stdout)

@@ -24,8 +24,10 @@ from pipeline.models import lite0
 from pipeline.models.torch_legacy import load_legacy_state_dict
 
 PTH = lite0.default_pth_path()
-ZIP = Path(os.environ.get("DOGS_VS_CATS_ZIP") or
-           Path(__file__).resolve().parents[1].parent / "shared/data/dogs-vs-cats-6000.zip")
+ZIP = Path(
+    os.environ.get("DOGS_VS_CATS_ZIP")
+    or Path(__file__).resolve().parents[1].parent / "shared/data/dogs-vs-cats-6000.zip"
+)
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 DOG_CLASSES = range(151, 269)  # Chihuahua ... Mexican hairless
@@ -50,6 +52,7 @@ def _count(weights) -> int:
 
 # -- architecture -----------------------------------------------------------------------------
 
+
 def test_architecture_parameter_counts_and_shapes():
     full = lite0.build_efficientnet_lite0(include_top=True)
     notop = lite0.build_efficientnet_lite0()
@@ -68,8 +71,11 @@ def test_architecture_parameter_counts_and_shapes():
     assert sum(layer.strides[0] == 2 for layer in dw) == 4
     bns = [layer for layer in full.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert all(layer.epsilon == 1e-3 for layer in bns)
-    assert all(isinstance(layer, keras.layers.ReLU) and layer.max_value == 6.0
-               for layer in full.layers if layer.name.endswith("activation"))
+    assert all(
+        isinstance(layer, keras.layers.ReLU) and layer.max_value == 6.0
+        for layer in full.layers
+        if layer.name.endswith("activation")
+    )
     assert full.get_layer("predictions").activation is keras.activations.softmax
 
     assert full.output_shape == (None, 1000)
@@ -83,6 +89,7 @@ def test_architecture_parameter_counts_and_shapes():
 
 
 # -- numerics against the PyTorch port --------------------------------------------------------
+
 
 def _reference_forward(sd, image):
     """Float64 NumPy forward pass with the PyTorch port's semantics (NCHW, explicit padding)."""
@@ -98,7 +105,7 @@ def _reference_forward(sd, image):
         out = 0.0
         for i in range(k):
             for j in range(k):
-                patch = x[:, i:i + stride * oh:stride, j:j + stride * ow:stride]
+                patch = x[:, i : i + stride * oh : stride, j : j + stride * ow : stride]
                 if depthwise:  # weight (C, 1, k, k)
                     out = out + w[:, 0, i, j][:, None, None] * patch
                 else:  # weight (O, I, k, k)
@@ -106,8 +113,10 @@ def _reference_forward(sd, image):
         return out
 
     def bn(x, prefix):
-        g, b, m, v = (sd[f"{prefix}.{n}"][:, None, None].astype(np.float64)
-                      for n in ("weight", "bias", "running_mean", "running_var"))
+        g, b, m, v = (
+            sd[f"{prefix}.{n}"][:, None, None].astype(np.float64)
+            for n in ("weight", "bias", "running_mean", "running_var")
+        )
         return (x - m) / np.sqrt(v + 1e-3) * g + b
 
     def relu6(x):
@@ -135,11 +144,14 @@ def test_matches_numpy_reference_of_pytorch_port(full_model, state_dict, height,
     rng = np.random.default_rng(height * width)
     # Smooth random image (photos are smooth) plus noise, in [0, 255].
     image = rng.uniform(0, 255, (height // 8 + 1, width // 8 + 1, 3))
-    image = np.kron(image, np.ones((8, 8, 1)))[:height, :width] + rng.normal(0, 10, (height, width, 3))
+    image = np.kron(image, np.ones((8, 8, 1)))[:height, :width] + rng.normal(
+        0, 10, (height, width, 3)
+    )
     image = np.clip(image, 0, 255).astype(np.float32)
 
-    features_model = keras.Model(full_model.input,
-                                 [full_model.get_layer("avg_pool").output, full_model.output])
+    features_model = keras.Model(
+        full_model.input, [full_model.get_layer("avg_pool").output, full_model.output]
+    )
     features, probs = features_model(lite0.preprocess_input(image[None]), training=False)
     ref_features, ref_probs = _reference_forward(state_dict, image)
 
@@ -149,12 +161,19 @@ def test_matches_numpy_reference_of_pytorch_port(full_model, state_dict, height,
 
 def test_folded_batch_norm_gives_the_same_features_and_classes(full_model):
     folded = lite0.fold_batch_norm(full_model)
-    assert not [layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert not [
+        layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert folded.count_params() < full_model.count_params()  # BN's 4 vectors became 1 bias
     images = np.random.default_rng(1).uniform(-1, 1, (4, 96, 96, 3)).astype(np.float32)
     for name in ("top_activation", "predictions"):
-        outputs = [keras.Model(m.input, m.get_layer(name).output)(images, training=False) for m in (full_model, folded)]
-        np.testing.assert_allclose(np.asarray(outputs[1]), np.asarray(outputs[0]), rtol=1e-4, atol=1e-4)
+        outputs = [
+            keras.Model(m.input, m.get_layer(name).output)(images, training=False)
+            for m in (full_model, folded)
+        ]
+        np.testing.assert_allclose(
+            np.asarray(outputs[1]), np.asarray(outputs[0]), rtol=1e-4, atol=1e-4
+        )
 
     for pooling in ("avg", "max"):  # avg: the shape extraction uses
         pooled = lite0.build_efficientnet_lite0((64, 64, 3), pooling=pooling)
@@ -164,6 +183,7 @@ def test_folded_batch_norm_gives_the_same_features_and_classes(full_model):
 
 
 # -- loading is strict ------------------------------------------------------------------------
+
 
 def test_load_pth_weights_reports_every_mismatch(monkeypatch, state_dict):
     notop = lite0.build_efficientnet_lite0((64, 64, 3))
@@ -201,11 +221,15 @@ def test_convert_then_load_converted(tmp_path, full_model):
     assert [p.name for p in out.parent.iterdir()] == ["lite0.weights.h5"]  # no temp file left
 
     # One file serves both heads and any input size; weights must equal the .pth ones.
-    for model in (lite0.build_efficientnet_lite0((150, 150, 3), pooling="avg"),
-                  lite0.build_efficientnet_lite0(include_top=True)):
+    for model in (
+        lite0.build_efficientnet_lite0((150, 150, 3), pooling="avg"),
+        lite0.build_efficientnet_lite0(include_top=True),
+    ):
         lite0.load_converted(model, out)
         for layer in model.layers:
-            for a, b in zip(layer.get_weights(), full_model.get_layer(layer.name).get_weights()):
+            for a, b in zip(
+                layer.get_weights(), full_model.get_layer(layer.name).get_weights(), strict=False
+            ):
                 np.testing.assert_array_equal(a, b)
     assert len(model.get_weights()) == len(full_model.get_weights())
 
@@ -214,6 +238,7 @@ def test_convert_then_load_converted(tmp_path, full_model):
 
 
 # -- preprocessing ----------------------------------------------------------------------------
+
 
 def test_preprocess_input_numpy_tensor_tfdata_and_layer():
     import tensorflow as tf
@@ -234,14 +259,22 @@ def test_preprocess_input_numpy_tensor_tfdata_and_layer():
 
 # -- real photos ------------------------------------------------------------------------------
 
+
 def _photos(kind: str, n: int) -> np.ndarray:
     from PIL import Image
 
     with zipfile.ZipFile(ZIP) as z:
-        return np.stack([
-            np.asarray(Image.open(io.BytesIO(z.read(f"train/{kind}.{i}.jpg"))).convert("RGB")
-                       .resize((224, 224), Image.BILINEAR), dtype=np.float32)
-            for i in range(n)])
+        return np.stack(
+            [
+                np.asarray(
+                    Image.open(io.BytesIO(z.read(f"train/{kind}.{i}.jpg")))
+                    .convert("RGB")
+                    .resize((224, 224), Image.BILINEAR),
+                    dtype=np.float32,
+                )
+                for i in range(n)
+            ]
+        )
 
 
 def test_imagenet_top1_on_real_cat_and_dog_photos(full_model):
@@ -256,17 +289,24 @@ def test_imagenet_top1_on_real_cat_and_dog_photos(full_model):
     show: e.g. kernels with height/width swapped drop cats to 54%.
     """
     if not ZIP.is_file():
-        pytest.skip(f"real photos not found at {ZIP} (set DOGS_VS_CATS_ZIP to the "
-                    "dogs-vs-cats-6000.zip path)")
+        pytest.skip(
+            f"real photos not found at {ZIP} (set DOGS_VS_CATS_ZIP to the "
+            "dogs-vs-cats-6000.zip path)"
+        )
     rates = {}
     for kind, classes in (("cat", CAT_CLASSES), ("dog", DOG_CLASSES)):
-        probs = full_model.predict(lite0.preprocess_input(_photos(kind, 200)),
-                                   batch_size=50, verbose=0)
+        probs = full_model.predict(
+            lite0.preprocess_input(_photos(kind, 200)), batch_size=50, verbose=0
+        )
         top5 = np.argsort(-probs, axis=1)[:, :5]
-        rates[kind] = (np.isin(top5[:, 0], classes).mean(),
-                       np.isin(top5, classes).any(axis=1).mean())
-        print(f"{kind}s: top-1 in ImageNet {classes.start}-{classes.stop - 1}: "
-              f"{100 * rates[kind][0]:.1f}%  (top-5: {100 * rates[kind][1]:.1f}%)")
+        rates[kind] = (
+            np.isin(top5[:, 0], classes).mean(),
+            np.isin(top5, classes).any(axis=1).mean(),
+        )
+        print(
+            f"{kind}s: top-1 in ImageNet {classes.start}-{classes.stop - 1}: "
+            f"{100 * rates[kind][0]:.1f}%  (top-5: {100 * rates[kind][1]:.1f}%)"
+        )
     assert rates["dog"][0] >= 0.93
     assert rates["cat"][0] >= 0.72
     assert rates["cat"][1] >= 0.87
@@ -280,12 +320,18 @@ def test_finetune_keeps_batch_norm_statistics_frozen(tmp_path):
     base = lite0.build_efficientnet_lite0((32, 32, 3))
     lite0.load_pth_weights(base, PTH)  # real weights: random ones saturate ReLU6, zero gradients
     inputs = keras.Input((32, 32, 3))
-    outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(base(inputs, training=False)))
+    outputs = keras.layers.Dense(1, activation="sigmoid")(
+        keras.layers.GlobalAveragePooling2D()(base(inputs, training=False))
+    )
     keras.Model(inputs, outputs).save(tmp_path / "m.keras")
     model = keras.models.load_model(tmp_path / "m.keras")
     unfreeze_from(model, "efficientnet_lite0", "block6a_expand_conv")
     inner = model.get_layer("efficientnet_lite0")
-    bn, conv, frozen = inner.get_layer("top_bn"), inner.get_layer("top_conv"), inner.get_layer("stem_conv")
+    bn, conv, frozen = (
+        inner.get_layer("top_bn"),
+        inner.get_layer("top_conv"),
+        inner.get_layer("stem_conv"),
+    )
     before = [w.numpy().copy() for w in (bn.moving_mean, conv.kernel, frozen.kernel)]
     model.compile("sgd", "binary_crossentropy")
     rng = np.random.default_rng(0)

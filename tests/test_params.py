@@ -27,8 +27,11 @@ def test_shipped_params_are_valid_and_the_books():
 
 def test_bare_on_and_off_mean_the_switch_not_a_boolean(tmp_path):
     path = write(tmp_path, {})
-    path.write_text(path.read_text().replace("mixed_precision: auto", "mixed_precision: on")
-                    .replace("jit_compile: auto", "jit_compile: off"))  # YAML 1.1 reads booleans
+    path.write_text(
+        path.read_text()
+        .replace("mixed_precision: auto", "mixed_precision: on")
+        .replace("jit_compile: auto", "jit_compile: off")
+    )  # YAML 1.1 reads booleans
     runtime = load_params(path).train.runtime
     assert (runtime.mixed_precision, runtime.jit_compile) == ("on", "off")
 
@@ -39,13 +42,25 @@ def test_bare_on_and_off_mean_the_switch_not_a_boolean(tmp_path):
         ({"split": {"trian": 5}}, "unknown key 'split.trian': did you mean 'train'?"),
         ({"train": {"baseline": {"epoch": 5}}}, "did you mean 'epochs'?"),
         ({"split": {"train": -3}}, "split.train: Input should be greater than 0 (got -3)"),
-        ({"train": {"baseline": {"image_size": 40}}}, "train.baseline.image_size: Input should be greater than or equal to 46"),
+        (
+            {"train": {"baseline": {"image_size": 40}}},
+            "train.baseline.image_size: Input should be greater than or equal to 46",
+        ),
         ({"train": {"augmented": {"learning_rate": 0}}}, "train.augmented.learning_rate"),
         ({"split": {"order": "random"}}, "split.order: Input should be 'book' or 'shuffle'"),
         ({"data": {"sha256": "abc"}}, "data.sha256"),
-        ({"prepare": {"image_sizes": [224]}}, "train.baseline.image_size is 150, but prepare.image_sizes [224] does not list it"),
-        ({"pretrained": {"bases": {"resnet": {"image_size": 150, "finetune_from": "x"}}}}, "unknown conv base 'resnet'"),
-        ({"pretrained": {"bases": {"vgg16": {"pooling": "max"}}}}, "pretrained.bases.vgg16.pooling"),
+        (
+            {"prepare": {"image_sizes": [224]}},
+            "train.baseline.image_size is 150, but prepare.image_sizes [224] does not list it",
+        ),
+        (
+            {"pretrained": {"bases": {"resnet": {"image_size": 150, "finetune_from": "x"}}}},
+            "unknown conv base 'resnet'",
+        ),
+        (
+            {"pretrained": {"bases": {"vgg16": {"pooling": "max"}}}},
+            "pretrained.bases.vgg16.pooling",
+        ),
     ],
 )
 def test_bad_params_are_one_clear_error(tmp_path, update, expected):
@@ -68,8 +83,12 @@ def test_not_yaml_and_missing_file(tmp_path):
 
 
 def test_cli_rejects_bad_params_before_any_work(tmp_path):
-    project = make_project(tmp_path / "proj", {"split": {"test": -1}, "data": {"source": str(tmp_path / "x.zip")}})
-    result = subprocess.run([sys.executable, "-m", "pipeline", "download"], cwd=project, capture_output=True, text=True)
+    project = make_project(
+        tmp_path / "proj", {"split": {"test": -1}, "data": {"source": str(tmp_path / "x.zip")}}
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "download"], cwd=project, capture_output=True, text=True
+    )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines == ["error: params.yaml: split.test: Input should be greater than 0 (got -1)"]
@@ -77,7 +96,9 @@ def test_cli_rejects_bad_params_before_any_work(tmp_path):
 
 
 def test_cli_lists_every_stage():
-    result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 0
     for stage in ("download", "split", "prepare"):
         assert stage in result.stdout

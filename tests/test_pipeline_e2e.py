@@ -16,7 +16,9 @@ from synthetic import write_archive
 pytestmark = pytest.mark.slow
 
 BASES = ("vgg16", "efficientnet_lite0")
-MODELS = ["baseline", "augmented"] + [f"{m}-{b}" for m in ("features", "frozen_aug", "finetune") for b in BASES]
+MODELS = ["baseline", "augmented"] + [
+    f"{m}-{b}" for m in ("features", "frozen_aug", "finetune") for b in BASES
+]
 TINY = {"epochs": 3, "batch_size": 10, "steps_per_epoch": 0}
 
 
@@ -24,22 +26,27 @@ TINY = {"epochs": 3, "batch_size": 10, "steps_per_epoch": 0}
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     archive = write_archive(root / "sample.zip", per_class=50, size=64)
-    project = make_project(root / "project", {
-        "data": {"source": str(archive)},
-        "split": {"train": 30, "validation": 10, "test": 10},
-        "prepare": {"image_sizes": [32, 48]},
-        "train": {
-            "baseline": {"image_size": 48, **TINY, "learning_rate": 1e-3},
-            "augmented": {"image_size": 48, **TINY, "learning_rate": 1e-3},
-            "features": {"epochs": 3, "batch_size": 10, "learning_rate": 1e-3},
-            "frozen_aug": {**TINY, "learning_rate": 1e-3},
-            "finetune": {**TINY, "epochs": 2},
+    project = make_project(
+        root / "project",
+        {
+            "data": {"source": str(archive)},
+            "split": {"train": 30, "validation": 10, "test": 10},
+            "prepare": {"image_sizes": [32, 48]},
+            "train": {
+                "baseline": {"image_size": 48, **TINY, "learning_rate": 1e-3},
+                "augmented": {"image_size": 48, **TINY, "learning_rate": 1e-3},
+                "features": {"epochs": 3, "batch_size": 10, "learning_rate": 1e-3},
+                "frozen_aug": {**TINY, "learning_rate": 1e-3},
+                "finetune": {**TINY, "epochs": 2},
+            },
+            "pretrained": {
+                "bases": {
+                    "vgg16": {"image_size": 32, "weights": "random"},
+                    "efficientnet_lite0": {"image_size": 32},
+                }
+            },
         },
-        "pretrained": {"bases": {
-            "vgg16": {"image_size": 32, "weights": "random"},
-            "efficientnet_lite0": {"image_size": 32},
-        }},
-    })
+    )
     result = run(["dvc", "repro"], project)
     project_log = root / "first-repro.log"
     project_log.write_text(result.stdout + result.stderr)
@@ -59,7 +66,11 @@ def test_first_repro_runs_every_stage_once(project):
     project, result = project
     stages = ran_stages(result.stdout)
     expected = {"download", "split", "prepare@32", "prepare@48", "baseline", "augmented", "report"}
-    expected |= {f"{s}@{b}" for s in ("base_weights", "extract", "features", "frozen_aug", "finetune") for b in BASES}
+    expected |= {
+        f"{s}@{b}"
+        for s in ("base_weights", "extract", "features", "frozen_aug", "finetune")
+        for b in BASES
+    }
     assert sorted(stages) == sorted(expected)
     for line in ("Epoch 1/3", "val_accuracy"):
         assert line in result.stdout  # per-epoch progress lines
@@ -93,14 +104,25 @@ def test_every_model_is_one_tracked_mlflow_run(project):
         assert tags["base"] == base
         assert tags["image_size"] == ("48" if base == "none" else "32")
         metrics = run_.data.metrics
-        assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0 and metrics["train_seconds"] > 0
+        assert (
+            0 <= metrics["test_accuracy"] <= 1
+            and metrics["test_loss"] > 0
+            and metrics["train_seconds"] > 0
+        )
         epochs = 2 if name.startswith("finetune") else 3
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            assert [m.step for m in client.get_metric_history(run_.info.run_id, key)] == list(range(1, epochs + 1))
+            assert [m.step for m in client.get_metric_history(run_.info.run_id, key)] == list(
+                range(1, epochs + 1)
+            )
         artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
         assert {f"{name}.csv", f"{name}.json", "figures", "model"} <= artifacts
-        assert {a.path for a in client.list_artifacts(run_.info.run_id, "figures")} == {"figures/curves.png", "figures/confusion.png"}
-        assert [a.path for a in client.list_artifacts(run_.info.run_id, "model")] == [f"model/{name}.keras"]
+        assert {a.path for a in client.list_artifacts(run_.info.run_id, "figures")} == {
+            "figures/curves.png",
+            "figures/confusion.png",
+        }
+        assert [a.path for a in client.list_artifacts(run_.info.run_id, "model")] == [
+            f"model/{name}.keras"
+        ]
     assert by_name["baseline"].data.params["train.baseline.epochs"] == "3"
     assert by_name["augmented"].data.params["augmentation.rotation_degrees"] == "40.0"
     assert by_name["finetune-vgg16"].data.params["pretrained.vgg16.finetune_from"] == "block5_conv1"
@@ -119,7 +141,9 @@ def test_dvc_sees_the_same_numbers(project):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
     files = next(iter(shown.values()))["data"]  # the workspace's metrics files
     baseline = json.loads((project / "reports/metrics/baseline.json").read_text())
-    assert files["reports/metrics/baseline.json"]["data"]["test_accuracy"] == baseline["test_accuracy"]
+    assert (
+        files["reports/metrics/baseline.json"]["data"]["test_accuracy"] == baseline["test_accuracy"]
+    )
     plots = run(["dvc", "plots", "show", "--json"], project).stdout
     assert "reports/history/baseline.csv" in plots and "val_accuracy" in plots
     exp_show = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
@@ -134,10 +158,17 @@ def test_second_repro_runs_nothing(project):
 def test_unreachable_tracking_server_fails_before_training(project):
     project, _ = project
     before = (project / "models/baseline.keras").stat().st_mtime_ns
-    result = run(["python", "-m", "pipeline", "train", "baseline"], project, check=False,
-                 env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    result = run(
+        ["python", "-m", "pipeline", "train", "baseline"],
+        project,
+        check=False,
+        env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+    )
     assert result.returncode == 1
-    assert "error: MLFLOW_TRACKING_URI=http://127.0.0.1:9: tracking server unreachable" in result.stderr
+    assert (
+        "error: MLFLOW_TRACKING_URI=http://127.0.0.1:9: tracking server unreachable"
+        in result.stderr
+    )
     assert "Epoch 1" not in result.stdout
     assert (project / "models/baseline.keras").stat().st_mtime_ns == before
 
@@ -145,7 +176,9 @@ def test_unreachable_tracking_server_fails_before_training(project):
 def test_exp_run_temp_logs_to_the_users_store(project):
     project, _ = project
     _, before = mlflow_runs(project)
-    result = run(["dvc", "exp", "run", "--temp", "-S", "train.baseline.epochs=1", "baseline"], project)
+    result = run(
+        ["dvc", "exp", "run", "--temp", "-S", "train.baseline.epochs=1", "baseline"], project
+    )
     assert "Running stage 'baseline'" in result.stdout
     _, after = mlflow_runs(project)
     new = [r for r in after if r.info.run_id not in {b.info.run_id for b in before}]
@@ -164,8 +197,22 @@ def test_changing_finetune_learning_rate_reruns_only_finetune_and_report(project
 
 def test_removing_a_base_does_not_rerun_the_other(project):
     project, _ = project
-    update_params(project, {"pretrained": {"bases": {"__replace__": True, "vgg16": {
-        "image_size": 32, "weights": "random", "pooling": "flatten", "finetune_from": "block5_conv1"}}}})
+    update_params(
+        project,
+        {
+            "pretrained": {
+                "bases": {
+                    "__replace__": True,
+                    "vgg16": {
+                        "image_size": 32,
+                        "weights": "random",
+                        "pooling": "flatten",
+                        "finetune_from": "block5_conv1",
+                    },
+                }
+            }
+        },
+    )
     stages = ran_stages(run(["dvc", "repro"], project).stdout)
     assert stages == ["report"]
     table = (project / "reports/progression.md").read_text()

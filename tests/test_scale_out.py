@@ -47,10 +47,24 @@ class MlflowServer:
         self.log = root / "server.log"
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
-                [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-                 "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                 "--artifacts-destination", str(self.artifacts)],
-                cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    MLFLOW,
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{root / 'server.db'}",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                    "--artifacts-destination",
+                    str(self.artifacts),
+                ],
+                cwd=root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 # MLflow 3 also starts a job runner with 7 huey consumers: not needed here, and
                 # it doubles the start-up time on a loaded machine.
                 env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
@@ -66,7 +80,9 @@ class MlflowServer:
         deadline = time.monotonic() + timeout
         while not self.healthy():
             if self.process.poll() is not None:
-                pytest.fail(f"mlflow server exited ({self.process.returncode}):\n{self.log.read_text()}")
+                pytest.fail(
+                    f"mlflow server exited ({self.process.returncode}):\n{self.log.read_text()}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f"mlflow server not healthy after {timeout} s:\n{self.log.read_text()}")
             time.sleep(1)
@@ -99,20 +115,32 @@ def project(tmp_path_factory, mlflow_server):
     # mlflow_server is requested here only so that its slow start-up overlaps the data stages.
     root = tmp_path_factory.mktemp("scale-out")
     archive = write_archive(root / "sample.zip", per_class=30, size=48)
-    project = make_project(root / "project", {
-        "data": {"source": str(archive)},
-        "split": {"train": 16, "validation": 6, "test": 6},
-        "prepare": {"image_sizes": [32, 48]},
-        "train": {
-            "baseline": {"image_size": 48, **TINY, "learning_rate": 5e-4},
-            "augmented": {"image_size": 48, **TINY, "learning_rate": 1e-3},
-            "features": {"epochs": 2, "batch_size": 10, "learning_rate": 1e-3},
-            "frozen_aug": {**TINY, "learning_rate": 1e-3},
-            "finetune": {**TINY},
+    project = make_project(
+        root / "project",
+        {
+            "data": {"source": str(archive)},
+            "split": {"train": 16, "validation": 6, "test": 6},
+            "prepare": {"image_sizes": [32, 48]},
+            "train": {
+                "baseline": {"image_size": 48, **TINY, "learning_rate": 5e-4},
+                "augmented": {"image_size": 48, **TINY, "learning_rate": 1e-3},
+                "features": {"epochs": 2, "batch_size": 10, "learning_rate": 1e-3},
+                "frozen_aug": {**TINY, "learning_rate": 1e-3},
+                "finetune": {**TINY},
+            },
+            "pretrained": {
+                "bases": {
+                    "__replace__": True,
+                    "vgg16": {
+                        "image_size": 32,
+                        "weights": "random",
+                        "pooling": "flatten",
+                        "finetune_from": "block5_conv1",
+                    },
+                }
+            },
         },
-        "pretrained": {"bases": {"__replace__": True, "vgg16": {
-            "image_size": 32, "weights": "random", "pooling": "flatten", "finetune_from": "block5_conv1"}}},
-    })
+    )
     result = run(["dvc", "repro", "baseline"], project)
     assert ran_stages(result.stdout) == ["download", "split", "prepare@48", "baseline"]
     return project
@@ -176,10 +204,15 @@ def test_dvc_remote_push_then_clone_and_pull(project, tmp_path):
         original, restored = project / name, clone / name
         if original.is_dir():
             files = sorted(str(p.relative_to(original)) for p in original.rglob("*") if p.is_file())
-            assert files and files == sorted(str(p.relative_to(restored)) for p in restored.rglob("*") if p.is_file())
+            assert files and files == sorted(
+                str(p.relative_to(restored)) for p in restored.rglob("*") if p.is_file()
+            )
         else:
             assert restored.read_bytes() == original.read_bytes()
-    assert run(["dvc", "status", "--with-deps", "baseline"], clone).stdout.strip() == "Data and pipelines are up to date."
+    assert (
+        run(["dvc", "status", "--with-deps", "baseline"], clone).stdout.strip()
+        == "Data and pipelines are up to date."
+    )
     assert ran_stages(run(["dvc", "repro", "baseline"], clone).stdout) == []
 
 
@@ -188,7 +221,18 @@ def test_queued_sweep_runs_in_parallel_into_one_mlflow_store(project):
     before = {r.info.run_id for r in local_runs(project)}
     names = []
     for rate in SWEEP:
-        out = run(["dvc", "exp", "run", "--queue", "-S", f"train.baseline.learning_rate={rate}", "baseline"], project).stdout
+        out = run(
+            [
+                "dvc",
+                "exp",
+                "run",
+                "--queue",
+                "-S",
+                f"train.baseline.learning_rate={rate}",
+                "baseline",
+            ],
+            project,
+        ).stdout
         names.append(re.search(r"Queued experiment '([^']+)'", out).group(1))
     run(["dvc", "queue", "start", "-j", "2"], project)
     status = wait_for_queue(project, names)
@@ -197,19 +241,28 @@ def test_queued_sweep_runs_in_parallel_into_one_mlflow_store(project):
 
     new = [r for r in local_runs(project) if r.info.run_id not in before]
     assert sorted((r.info.run_name, r.info.status) for r in new) == [("baseline", "FINISHED")] * 2
-    by_exp = {r.data.tags.get("dvc.exp_name"): r.data.params["train.baseline.learning_rate"] for r in new}
-    assert by_exp == dict(zip(names, SWEEP))
+    by_exp = {
+        r.data.tags.get("dvc.exp_name"): r.data.params["train.baseline.learning_rate"] for r in new
+    }
+    assert by_exp == dict(zip(names, SWEEP, strict=False))
     first, second = new  # -j 2: the two trainings overlapped in time
-    assert first.info.start_time < second.info.end_time and second.info.start_time < first.info.end_time
+    assert (
+        first.info.start_time < second.info.end_time
+        and second.info.start_time < first.info.end_time
+    )
     assert all(r.info.artifact_uri.startswith((project / "mlartifacts").as_uri()) for r in new)
     assert not list((project / ".dvc/tmp").rglob("mlflow.db"))  # not in the queue's copies
 
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
-    rows = {row["Experiment"]: row for row in csv.DictReader(io.StringIO(shown)) if row["Experiment"]}
+    rows = {
+        row["Experiment"]: row for row in csv.DictReader(io.StringIO(shown)) if row["Experiment"]
+    }
     assert set(names) <= set(rows), shown
     for name, run_ in ((r.data.tags["dvc.exp_name"], r) for r in new):
         assert rows[name]["State"] == "Success"
-        assert float(rows[name]["train.baseline.learning_rate"]) == float(run_.data.params["train.baseline.learning_rate"])
+        assert float(rows[name]["train.baseline.learning_rate"]) == float(
+            run_.data.params["train.baseline.learning_rate"]
+        )
         assert float(rows[name]["test_accuracy"]) == run_.data.metrics["test_accuracy"]
 
 
@@ -228,8 +281,12 @@ def test_shared_tracking_server_and_unreachable_server(project, mlflow_server):
     assert [m.step for m in client.get_metric_history(run_.info.run_id, "val_accuracy")] == [1, 2]
     assert 0 <= run_.data.metrics["test_accuracy"] <= 1
     assert run_.data.params["train.baseline.epochs"] == "2"
-    assert [a.path for a in client.list_artifacts(run_.info.run_id, "model")] == ["model/baseline.keras"]
-    assert "figures/curves.png" in {a.path for a in client.list_artifacts(run_.info.run_id, "figures")}
+    assert [a.path for a in client.list_artifacts(run_.info.run_id, "model")] == [
+        "model/baseline.keras"
+    ]
+    assert "figures/curves.png" in {
+        a.path for a in client.list_artifacts(run_.info.run_id, "figures")
+    }
     # Uploaded through the server (mlflow-artifacts:/), not written into the project.
     assert run_.info.artifact_uri.startswith("mlflow-artifacts:")
     assert list(mlflow_server.artifacts.rglob("baseline.keras"))
@@ -241,7 +298,9 @@ def test_shared_tracking_server_and_unreachable_server(project, mlflow_server):
     result = run(["python", "-m", "pipeline", "train", "baseline"], project, check=False, env=env)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and mlflow_server.url in errors[0] and "unreachable" in errors[0], result.stderr
+    assert len(errors) == 1 and mlflow_server.url in errors[0] and "unreachable" in errors[0], (
+        result.stderr
+    )
     assert "Traceback" not in result.stderr
     assert "Epoch 1" not in result.stdout
     assert (project / "models/baseline.keras").stat().st_mtime_ns == model_mtime
@@ -263,7 +322,10 @@ def _make_unwritable(directory: Path) -> str | None:
     if not os.access(directory, os.W_OK) and refuses():
         return "chmod"
     directory.chmod(0o755)  # root ignores modes: the immutable attribute (ext2/3/4) binds root too
-    if subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0 and refuses():
+    if (
+        subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0
+        and refuses()
+    ):
         return "chattr"
     subprocess.run(["chattr", "-i", str(directory)], capture_output=True)
     return None
@@ -277,7 +339,9 @@ def _restore_writable(directory: Path, how: str | None) -> None:
 
 def test_unwritable_models_dir_fails_the_stage_cleanly(project):
     models = project / "models"
-    (models / "baseline.keras").unlink()  # in the cache; DVC would delete it before the stage anyway
+    (
+        models / "baseline.keras"
+    ).unlink()  # in the cache; DVC would delete it before the stage anyway
     runs_before = {r.info.run_id for r in local_runs(project)}
     cache_before = cache_files(project)
     how = _make_unwritable(models)
@@ -290,11 +354,16 @@ def test_unwritable_models_dir_fails_the_stage_cleanly(project):
         _restore_writable(models, how)
 
     assert result.returncode != 0
-    assert "Running stage 'baseline'" in result.stdout and "Epoch 2/2" in result.stdout  # the stage itself failed
+    assert (
+        "Running stage 'baseline'" in result.stdout and "Epoch 2/2" in result.stdout
+    )  # the stage itself failed
     assert "failed to reproduce 'baseline'" in result.stderr
     # Today a traceback ending in "PermissionError: [Errno 1] Operation not permitted:
     # 'models/.baseline.tmp.keras'"; the path is named either way.
-    assert re.search(r"(Operation not permitted|Permission denied).*models/\.?baseline(\.tmp)?\.keras", result.stderr), result.stderr
+    assert re.search(
+        r"(Operation not permitted|Permission denied).*models/\.?baseline(\.tmp)?\.keras",
+        result.stderr,
+    ), result.stderr
     # The MLflow run is closed as FAILED, not left RUNNING.
     new = [r for r in local_runs(project) if r.info.run_id not in runs_before]
     assert [(r.info.run_name, r.info.status) for r in new] == [("baseline", "FAILED")]
@@ -303,10 +372,15 @@ def test_unwritable_models_dir_fails_the_stage_cleanly(project):
     assert cache_files(project) == cache_before
     assert sorted(p.name for p in models.iterdir()) == [".gitignore"]
     assert not [p for p in (project / "reports").rglob("*.tmp")]
-    assert status.startswith("baseline:") and re.search(r"deleted:\s+models/baseline\.keras", status), status
+    assert status.startswith("baseline:") and re.search(
+        r"deleted:\s+models/baseline\.keras", status
+    ), status
 
     result = run(["dvc", "repro", "baseline"], project)
     assert ran_stages(result.stdout) == ["baseline"]
     assert (models / "baseline.keras").stat().st_size > 0
-    assert run(["dvc", "status", "baseline"], project).stdout.strip() == "Data and pipelines are up to date."
+    assert (
+        run(["dvc", "status", "baseline"], project).stdout.strip()
+        == "Data and pipelines are up to date."
+    )
     assert local_runs(project)[-1].info.status == "FINISHED"

@@ -28,7 +28,12 @@ def split_file(tmp_path, images_dir, **params):
 def test_book_order_takes_the_lowest_numbers(tmp_path, images_dir):
     frame = run_split(SplitParams(train=10, validation=5, test=5), images_dir, tmp_path / "s.csv")
     cats = frame[frame.label == "cat"]
-    numbers = lambda split: sorted(int(p.rsplit("/", 1)[1].split(".")[0]) for p in cats[cats.split == split].path)
+
+    def numbers(split):
+        return sorted(
+            int(p.rsplit("/", 1)[1].split(".")[0]) for p in cats[cats.split == split].path
+        )
+
     assert numbers("train") == list(range(10))
     assert numbers("validation") == list(range(10, 15))
     assert numbers("test") == list(range(15, 20))
@@ -36,7 +41,9 @@ def test_book_order_takes_the_lowest_numbers(tmp_path, images_dir):
 
 
 def test_same_seed_same_bytes_other_seed_other_manifest(tmp_path, images_dir):
-    digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()
+    def digest(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
     a = split_file(tmp_path, images_dir, order="shuffle", seed=1)
     b = split_file(tmp_path, images_dir, order="shuffle", seed=1)
     c = split_file(tmp_path, images_dir, order="shuffle", seed=2)
@@ -47,7 +54,10 @@ def test_same_seed_same_bytes_other_seed_other_manifest(tmp_path, images_dir):
 
 
 def test_asking_for_too_many_images_names_the_counts(tmp_path, images_dir):
-    with pytest.raises(PipelineError, match=r"40 cat images wanted \(train 20 \+ validation 10 \+ test 10\) but .* has only 30"):
+    with pytest.raises(
+        PipelineError,
+        match=r"40 cat images wanted \(train 20 \+ validation 10 \+ test 10\) but .* has only 30",
+    ):
         run_split(SplitParams(train=20, validation=10, test=10), images_dir, tmp_path / "s.csv")
     assert not (tmp_path / "s.csv").exists()
 

@@ -20,15 +20,24 @@ import pytest
 from pipeline.models.torch_legacy import UnsafePickleError, load_legacy_state_dict
 
 MAGIC = 0x1950A86A20F9469CFC6C
-SYS_INFO = {"protocol_version": 1001, "little_endian": True,
-            "type_sizes": {"short": 2, "int": 4, "long": 4}}
-STORAGE_NAMES = {np.dtype("float32"): "FloatStorage", np.dtype("float64"): "DoubleStorage",
-                 np.dtype("float16"): "HalfStorage", np.dtype("int64"): "LongStorage",
-                 np.dtype("int32"): "IntStorage", np.dtype("uint8"): "ByteStorage",
-                 np.dtype("bool"): "BoolStorage"}
+SYS_INFO = {
+    "protocol_version": 1001,
+    "little_endian": True,
+    "type_sizes": {"short": 2, "int": 4, "long": 4},
+}
+STORAGE_NAMES = {
+    np.dtype("float32"): "FloatStorage",
+    np.dtype("float64"): "DoubleStorage",
+    np.dtype("float16"): "HalfStorage",
+    np.dtype("int64"): "LongStorage",
+    np.dtype("int32"): "IntStorage",
+    np.dtype("uint8"): "ByteStorage",
+    np.dtype("bool"): "BoolStorage",
+}
 
 
 # -- a minimal legacy-format writer ------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Global:
@@ -57,8 +66,10 @@ class Tensor:
     hooks: collections.OrderedDict = field(default_factory=collections.OrderedDict)
 
     def __reduce__(self):
-        return (Global("torch._utils", "_rebuild_tensor_v2"),
-                (self.storage, self.offset, self.size, self.stride, False, self.hooks))
+        return (
+            Global("torch._utils", "_rebuild_tensor_v2"),
+            (self.storage, self.offset, self.size, self.stride, False, self.hooks),
+        )
 
 
 class Reduce:
@@ -91,14 +102,19 @@ def dumps(obj) -> bytes:
     return buf.getvalue()
 
 
-def legacy_bytes(state: dict, storages: list[Storage] | None = None, *, magic=MAGIC,
-                 obj=None, keys=None) -> bytes:
+def legacy_bytes(
+    state: dict, storages: list[Storage] | None = None, *, magic=MAGIC, obj=None, keys=None
+) -> bytes:
     """The five pickles, then each storage as int64 element count + raw little-endian bytes."""
     if storages is None:
         storages = list({id(t.storage): t.storage for t in state.values()}.values())
-    out = [dumps(magic), dumps(1001), dumps(SYS_INFO),
-           dumps(obj if obj is not None else collections.OrderedDict(state)),
-           dumps(keys if keys is not None else [s.key for s in storages])]
+    out = [
+        dumps(magic),
+        dumps(1001),
+        dumps(SYS_INFO),
+        dumps(obj if obj is not None else collections.OrderedDict(state)),
+        dumps(keys if keys is not None else [s.key for s in storages]),
+    ]
     for s in storages:
         little = s.data.astype(s.data.dtype.newbyteorder("<"), copy=False)
         out.append(struct.pack("<q", s.data.size) + little.tobytes())
@@ -112,6 +128,7 @@ def contiguous(key: str, array: np.ndarray) -> Tensor:
 
 
 # -- tests --------------------------------------------------------------------------------------
+
 
 def test_float_int_view_and_shared_storage(tmp_path):
     weight = np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 7
@@ -158,14 +175,19 @@ def test_legacy_storage_view_metadata(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["magic", "state_dict", "keys"])
-@pytest.mark.parametrize("module,name", [("os", "system"), ("builtins", "eval"),
-                                         ("subprocess", "call"), ("torch", "load")])
+@pytest.mark.parametrize(
+    "module,name",
+    [("os", "system"), ("builtins", "eval"), ("subprocess", "call"), ("torch", "load")],
+)
 def test_malicious_global_is_refused_and_not_called(tmp_path, where, module, name):
     marker = tmp_path / "pwned"
     payload = Reduce(Global(module, name), (f"touch {marker}",))
     state = {"w": contiguous("1", np.ones(2, np.float32))}
-    where_kwargs = {"magic": dict(magic=payload), "state_dict": dict(obj={"w": payload}),
-                    "keys": dict(keys=[payload])}
+    where_kwargs = {
+        "magic": dict(magic=payload),
+        "state_dict": dict(obj={"w": payload}),
+        "keys": dict(keys=[payload]),
+    }
     data = legacy_bytes(state, **where_kwargs[where])
     path = tmp_path / "evil.pth"
     path.write_bytes(data)
@@ -186,8 +208,10 @@ def test_out_of_bounds_view_is_rejected(tmp_path):
 
 
 def test_truncated_and_foreign_files_give_clear_errors(tmp_path):
-    state = {"a": contiguous("1", np.arange(6, dtype=np.float32)),
-             "b": contiguous("2", np.arange(3, dtype=np.int64))}
+    state = {
+        "a": contiguous("1", np.arange(6, dtype=np.float32)),
+        "b": contiguous("2", np.arange(3, dtype=np.int64)),
+    }
     data = legacy_bytes(state)
     cuts = [0, 5, len(data) // 2, len(data) - 8 * 3 - 9, len(data) - 1]
     for cut in cuts:

@@ -23,16 +23,35 @@ EPOCHS = 12
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("runtime")
     archive = write_archive(root / "sample.zip", per_class=40, size=64)
-    project = make_project(root / "project", {
-        "data": {"source": str(archive)},
-        "split": {"train": 24, "validation": 8, "test": 8},
-        "prepare": {"image_sizes": [48]},
-        "train": {"baseline": {"image_size": 48, "epochs": EPOCHS, "batch_size": 8, "steps_per_epoch": 40,
-                               "learning_rate": 1e-3},
-                  "augmented": {"image_size": 48}},
-        "pretrained": {"bases": {"__replace__": True, "vgg16": {
-            "image_size": 48, "weights": "random", "pooling": "flatten", "finetune_from": "block5_conv1"}}},
-    })
+    project = make_project(
+        root / "project",
+        {
+            "data": {"source": str(archive)},
+            "split": {"train": 24, "validation": 8, "test": 8},
+            "prepare": {"image_sizes": [48]},
+            "train": {
+                "baseline": {
+                    "image_size": 48,
+                    "epochs": EPOCHS,
+                    "batch_size": 8,
+                    "steps_per_epoch": 40,
+                    "learning_rate": 1e-3,
+                },
+                "augmented": {"image_size": 48},
+            },
+            "pretrained": {
+                "bases": {
+                    "__replace__": True,
+                    "vgg16": {
+                        "image_size": 48,
+                        "weights": "random",
+                        "pooling": "flatten",
+                        "finetune_from": "block5_conv1",
+                    },
+                }
+            },
+        },
+    )
     run(["dvc", "repro", "prepare@48"], project)
     return project
 
@@ -42,18 +61,40 @@ def runs_of(project, name):
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("dogs-vs-cats")
-    runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'",
-                              order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"attributes.run_name = '{name}'",
+        order_by=["attributes.start_time ASC"],
+    )
     return client, runs
 
 
 def test_mirrored_strategy_on_two_logical_cpus(project):
-    update_params(project, {"train": {"runtime": {"strategy": "mirrored"}, "baseline": {"epochs": 2, "steps_per_epoch": 0}}})
+    update_params(
+        project,
+        {
+            "train": {
+                "runtime": {"strategy": "mirrored"},
+                "baseline": {"epochs": 2, "steps_per_epoch": 0},
+            }
+        },
+    )
     try:
-        result = run([sys.executable, "-m", "pipeline", "train", "baseline"], project,
-                     env={"PIPELINE_LOGICAL_CPUS": "2"})
+        result = run(
+            [sys.executable, "-m", "pipeline", "train", "baseline"],
+            project,
+            env={"PIPELINE_LOGICAL_CPUS": "2"},
+        )
     finally:
-        update_params(project, {"train": {"runtime": {"strategy": "auto"}, "baseline": {"epochs": EPOCHS, "steps_per_epoch": 40}}})
+        update_params(
+            project,
+            {
+                "train": {
+                    "runtime": {"strategy": "auto"},
+                    "baseline": {"epochs": EPOCHS, "steps_per_epoch": 40},
+                }
+            },
+        )
     assert "test accuracy" in result.stdout
     _, runs = runs_of(project, "baseline")
     tags = runs[-1].data.tags
@@ -63,11 +104,27 @@ def test_mirrored_strategy_on_two_logical_cpus(project):
 
 def test_mixed_precision_on_a_cpu_trains_in_bfloat16(project):
     """float16 is emulated on a CPU; `on` means bfloat16 there, and the model still learns."""
-    update_params(project, {"train": {"runtime": {"mixed_precision": "on"}, "baseline": {"epochs": 2, "steps_per_epoch": 0}}})
+    update_params(
+        project,
+        {
+            "train": {
+                "runtime": {"mixed_precision": "on"},
+                "baseline": {"epochs": 2, "steps_per_epoch": 0},
+            }
+        },
+    )
     try:
         run([sys.executable, "-m", "pipeline", "train", "baseline"], project)
     finally:
-        update_params(project, {"train": {"runtime": {"mixed_precision": "auto"}, "baseline": {"epochs": EPOCHS, "steps_per_epoch": 40}}})
+        update_params(
+            project,
+            {
+                "train": {
+                    "runtime": {"mixed_precision": "auto"},
+                    "baseline": {"epochs": EPOCHS, "steps_per_epoch": 40},
+                }
+            },
+        )
     _, runs = runs_of(project, "baseline")
     assert runs[-1].data.tags["precision"] == "mixed_bfloat16"
     assert runs[-1].data.metrics["test_accuracy"] >= 0.75
@@ -76,13 +133,25 @@ def test_mixed_precision_on_a_cpu_trains_in_bfloat16(project):
 def start_stage(project):
     """`dvc repro baseline` in the background; return it and the training process under it."""
     # SHELL=/bin/sh as on CI, where DVC's shell stays between it and the trainer.
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", "SHELL": "/bin/sh"}
-    dvc = subprocess.Popen(["dvc", "repro", "baseline"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, env=env)
+    env = {
+        **os.environ,
+        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+        "SHELL": "/bin/sh",
+    }
+    dvc = subprocess.Popen(
+        ["dvc", "repro", "baseline"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         histories = list((project / ".checkpoints").glob("baseline-*/history.csv"))
-        if histories and len(histories[0].read_text().splitlines()) >= 3:  # two epochs recorded, one or two backed up
+        if (
+            histories and len(histories[0].read_text().splitlines()) >= 3
+        ):  # two epochs recorded, one or two backed up
             children = psutil.Process(dvc.pid).children(recursive=True)
             # The python process itself, not DVC's `sh -c` around it: dash forks rather than execs.
             trainer = next(p for p in children if p.cmdline()[1:3] == ["-m", "pipeline"])
@@ -120,10 +189,15 @@ def test_interrupted_training_leaves_nothing_and_resumes(project, sig):
     resumed = runs[-1]
     assert resumed.info.status == "FINISHED" and int(resumed.data.tags["resumed_from_epoch"]) >= 1
     steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "val_accuracy")]
-    assert steps == list(range(1, EPOCHS + 1))  # the whole curve, also the epochs before the interruption
+    assert steps == list(
+        range(1, EPOCHS + 1)
+    )  # the whole curve, also the epochs before the interruption
     assert not list((project / ".checkpoints").glob("baseline-*"))  # cleaned up after success
     # The next parametrisation trains again from scratch: another param, another stage run.
-    update_params(project, {"train": {"baseline": {"learning_rate": 1e-3 * (2 if sig == signal.SIGTERM else 3)}}})
+    update_params(
+        project,
+        {"train": {"baseline": {"learning_rate": 1e-3 * (2 if sig == signal.SIGTERM else 3)}}},
+    )
 
 
 def test_frozen_aug_cached_copies_fast_path_feeds_finetune(project):
@@ -133,11 +207,25 @@ def test_frozen_aug_cached_copies_fast_path_feeds_finetune(project):
 
     import pipeline.models.preprocess  # noqa: F401  registers the Preprocess layer
 
-    update_params(project, {"train": {"frozen_aug": {"cached_copies": 2, "epochs": 2, "batch_size": 8,
-                                                     "steps_per_epoch": 0, "learning_rate": 1e-3},
-                                      "finetune": {"epochs": 1, "batch_size": 8, "steps_per_epoch": 0}}})
+    update_params(
+        project,
+        {
+            "train": {
+                "frozen_aug": {
+                    "cached_copies": 2,
+                    "epochs": 2,
+                    "batch_size": 8,
+                    "steps_per_epoch": 0,
+                    "learning_rate": 1e-3,
+                },
+                "finetune": {"epochs": 1, "batch_size": 8, "steps_per_epoch": 0},
+            }
+        },
+    )
     run([sys.executable, "-m", "pipeline", "base-weights", "vgg16"], project)
-    result = run([sys.executable, "-m", "pipeline", "train", "frozen_aug", "--base", "vgg16"], project)
+    result = run(
+        [sys.executable, "-m", "pipeline", "train", "frozen_aug", "--base", "vgg16"], project
+    )
     assert "augmented copy 2/2 through vgg16" in result.stdout
     assert "96 train" in result.stdout  # 2 copies x 48 training images
     model = keras.models.load_model(project / "models/frozen_aug-vgg16.keras")

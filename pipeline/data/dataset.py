@@ -28,6 +28,12 @@ def make_dataset(
     dtype = tf.float32 if images.dtype == np.uint8 else images.dtype
 
     def gather(batch_indices):
-        return tf.cast(tf.gather(images_t, batch_indices), dtype), tf.gather(labels_t, batch_indices)
+        return tf.cast(tf.gather(images_t, batch_indices), dtype), tf.gather(
+            labels_t, batch_indices
+        )
 
-    return indices.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return (
+        indices.batch(batch_size)
+        .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )

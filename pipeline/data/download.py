@@ -65,7 +65,9 @@ def _read_member(archive: zipfile.ZipFile, archive_path: Path, member: zipfile.Z
         ) from None
 
 
-def _index_members(archive: zipfile.ZipFile) -> tuple[str, list[tuple[zipfile.ZipInfo, str, int | None]]]:
+def _index_members(
+    archive: zipfile.ZipFile,
+) -> tuple[str, list[tuple[zipfile.ZipInfo, str, int | None]]]:
     """Find the layout and the image members: (layout, [(member, class, number or None)])."""
     files = [m for m in archive.infolist() if not m.is_dir() and "__MACOSX" not in m.filename]
     for layout, pattern in LAYOUTS.items():
@@ -112,7 +114,9 @@ def extract_images(archive_path: Path, images_dir: Path = IMAGES_DIR) -> dict:
             bar = tqdm(total=len(members), desc="verify images", unit="img")
             for start in range(0, len(members), CHUNK):
                 chunk = members[start : start + CHUNK]
-                for (member, label, number), (data, status) in zip(chunk, pool.map(check, chunk)):
+                for (member, label, number), (data, status) in zip(
+                    chunk, pool.map(check, chunk), strict=False
+                ):
                     if status == "valid" and number is None:
                         status = "not_numbered"
                     counts[label][status] += 1
@@ -125,26 +129,32 @@ def extract_images(archive_path: Path, images_dir: Path = IMAGES_DIR) -> dict:
             for label in CLASSES:
                 if counts[label]["valid"] == 0:
                     raise PipelineError(
-                        f"{archive_path}: no valid {label} images in the archive; "
-                        "check data.source"
+                        f"{archive_path}: no valid {label} images in the archive; check data.source"
                     )
     return {
         "archive": str(archive_path),
         "layout": layout,
         "classes": {
-            label: {k: counts[label][k] for k in ("valid", "corrupt", "zero_byte", "not_image", "not_numbered")}
+            label: {
+                k: counts[label][k]
+                for k in ("valid", "corrupt", "zero_byte", "not_image", "not_numbered")
+            }
             for label in CLASSES
         },
         "skipped": sorted(skipped, key=lambda s: s["file"]),
     }
 
 
-def run_download(source: str, sha256: str = "", images_dir: Path = IMAGES_DIR, report_file: Path = REPORT_FILE) -> dict:
+def run_download(
+    source: str, sha256: str = "", images_dir: Path = IMAGES_DIR, report_file: Path = REPORT_FILE
+) -> dict:
     archive = fetch_archive(source, sha256)
     report = {"source": source, **extract_images(archive, images_dir)}
     write_text(report_file, json.dumps(report, indent=2) + "\n")
     for label, c in report["classes"].items():
         bad = sum(c.values()) - c["valid"]
-        print(f"{label}: {c['valid']} valid images, {bad} skipped ({c['corrupt']} corrupt, "
-              f"{c['zero_byte']} zero-byte, {c['not_image']} not images)")
+        print(
+            f"{label}: {c['valid']} valid images, {bad} skipped ({c['corrupt']} corrupt, "
+            f"{c['zero_byte']} zero-byte, {c['not_image']} not images)"
+        )
     return report

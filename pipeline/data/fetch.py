@@ -58,7 +58,9 @@ def fetch_archive(
     """Return a local path to the archive, downloading it first if `source` is a URL."""
     if is_url(source):
         # One cache in the user's project: experiments in temporary copies reuse it too.
-        path = _download(source, cache_dir or project_root() / DOWNLOAD_CACHE, retries, backoff_seconds)
+        path = _download(
+            source, cache_dir or project_root() / DOWNLOAD_CACHE, retries, backoff_seconds
+        )
     else:
         path = local_path(source)
         if not path.is_file():
@@ -100,7 +102,9 @@ def _download(url: str, cache_dir: Path, retries: int, backoff_seconds: float) -
             last_error = str(exc)
             if attempt < retries:
                 wait = backoff_seconds * 2 ** (attempt - 1)
-                print(f"download attempt {attempt}/{retries} failed ({exc}); retrying in {wait:.0f} s")
+                print(
+                    f"download attempt {attempt}/{retries} failed ({exc}); retrying in {wait:.0f} s"
+                )
                 time.sleep(wait)
     raise PipelineError(
         f"data.source: cannot download {url} after {retries} attempts ({last_error}); "
@@ -131,9 +135,10 @@ def _stream_to(url: str, part: Path) -> None:
             have = 0  # the server ignored Range: a clean restart
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        with open(part, "ab" if resumed else "wb") as f, tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, desc="download"
-        ) as bar:
+        with (
+            open(part, "ab" if resumed else "wb") as f,
+            tqdm(total=total, initial=have, unit="B", unit_scale=True, desc="download") as bar,
+        ):
             try:
                 for chunk in response.iter_content(CHUNK):
                     f.write(chunk)

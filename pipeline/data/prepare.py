@@ -39,11 +39,15 @@ def run_prepare(image_size: int, split_file: Path = SPLIT_FILE, root: Path = PRE
         for split in SPLITS:
             rows = frame[frame["split"] == split]
             if rows.empty:
-                raise PipelineError(f"{split_file}: the {split} split is empty; rerun the split stage")
+                raise PipelineError(
+                    f"{split_file}: the {split} split is empty; rerun the split stage"
+                )
             # Filled in place: np.stack over a list would hold every image twice.
             images = np.empty((len(rows), image_size, image_size, 3), np.uint8)
             decoded = pool.map(lambda p: load_image(p, image_size), rows["path"])
-            for i, image in enumerate(tqdm(decoded, total=len(rows), desc=f"prepare {split} {image_size}px", unit="img")):
+            for i, image in enumerate(
+                tqdm(decoded, total=len(rows), desc=f"prepare {split} {image_size}px", unit="img")
+            ):
                 images[i] = image
             labels = rows["label"].map(CLASSES.index).to_numpy(np.uint8)
             np.savez(tmp / f"{split}.npz", images=images, labels=labels)
@@ -51,7 +55,9 @@ def run_prepare(image_size: int, split_file: Path = SPLIT_FILE, root: Path = PRE
     return out
 
 
-def load_prepared(image_size: int, split: str, root: Path = PREPARED_DIR) -> tuple[np.ndarray, np.ndarray]:
+def load_prepared(
+    image_size: int, split: str, root: Path = PREPARED_DIR
+) -> tuple[np.ndarray, np.ndarray]:
     path = prepared_dir(image_size, root) / f"{split}.npz"
     if not path.is_file():
         raise PipelineError(f"{path} not found; run `dvc repro prepare@{image_size}` first")

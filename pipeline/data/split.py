@@ -54,7 +54,9 @@ def make_split(params: SplitParams, images_dir: Path = IMAGES_DIR) -> pd.DataFra
     return frame.sort_values(["split", "label"], kind="stable").reset_index(drop=True)
 
 
-def run_split(params: SplitParams, images_dir: Path = IMAGES_DIR, out: Path = SPLIT_FILE) -> pd.DataFrame:
+def run_split(
+    params: SplitParams, images_dir: Path = IMAGES_DIR, out: Path = SPLIT_FILE
+) -> pd.DataFrame:
     frame = make_split(params, images_dir)
     with atomic_path(out) as tmp:
         frame.to_csv(tmp, index=False, lineterminator="\n")

@@ -45,23 +45,48 @@ def book_transforms(theta, tx, ty, shear, zx, zy, flip, height: int, width: int)
     zoom = matrix((zx, zero, zero), (zero, zy, zero), (zero, zero, one))
     centre_row, centre_col = height / 2 - 0.5, width / 2 - 0.5
     offset = matrix((one, zero, centre_row * one), (zero, one, centre_col * one), (zero, zero, one))
-    reset = matrix((one, zero, -centre_row * one), (zero, one, -centre_col * one), (zero, zero, one))
-    mirror = matrix((one, zero, zero), (zero, one - 2 * flip, flip * (width - 1)), (zero, zero, one))
+    reset = matrix(
+        (one, zero, -centre_row * one), (zero, one, -centre_col * one), (zero, zero, one)
+    )
+    mirror = matrix(
+        (one, zero, zero), (zero, one - 2 * flip, flip * (width - 1)), (zero, zero, one)
+    )
     m = offset @ rotation @ shift @ shearing @ zoom @ reset @ mirror
     # affine_transform maps output (x, y) = (col, row) to input (x', y') = (col', row').
-    return ops.stack([m[:, 1, 1], m[:, 1, 0], m[:, 1, 2], m[:, 0, 1], m[:, 0, 0], m[:, 0, 2], zero, zero], axis=-1)
+    return ops.stack(
+        [m[:, 1, 1], m[:, 1, 0], m[:, 1, 2], m[:, 0, 1], m[:, 0, 0], m[:, 0, 2], zero, zero],
+        axis=-1,
+    )
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
 class BookAugmentation(keras.layers.Layer):
     """Random rotation, shift, shear, zoom and horizontal flip, resampled once."""
 
-    def __init__(self, rotation_degrees=0.0, width_shift=0.0, height_shift=0.0, shear_degrees=0.0,
-                 zoom=0.0, horizontal_flip=False, seed=None, **kwargs):
+    def __init__(
+        self,
+        rotation_degrees=0.0,
+        width_shift=0.0,
+        height_shift=0.0,
+        shear_degrees=0.0,
+        zoom=0.0,
+        horizontal_flip=False,
+        seed=None,
+        **kwargs,
+    ):
         kwargs.setdefault("dtype", "float32")  # pixels, also under mixed precision
         super().__init__(**kwargs)
-        self.rotation_degrees, self.width_shift, self.height_shift = rotation_degrees, width_shift, height_shift
-        self.shear_degrees, self.zoom, self.horizontal_flip, self.seed = shear_degrees, zoom, horizontal_flip, seed
+        self.rotation_degrees, self.width_shift, self.height_shift = (
+            rotation_degrees,
+            width_shift,
+            height_shift,
+        )
+        self.shear_degrees, self.zoom, self.horizontal_flip, self.seed = (
+            shear_degrees,
+            zoom,
+            horizontal_flip,
+            seed,
+        )
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, images, training=True):
@@ -81,17 +106,34 @@ class BookAugmentation(keras.layers.Layer):
         zx, zy = 1 + symmetric(self.zoom), 1 + symmetric(self.zoom)
         flip = ops.cast(uniform(0, 1) < 0.5, "float32") if self.horizontal_flip else ops.zeros((n,))
         transforms = book_transforms(theta, tx, ty, shear, zx, zy, flip, height, width)
-        return ops.image.affine_transform(images, transforms, interpolation="bilinear", fill_mode="nearest")
+        return ops.image.affine_transform(
+            images, transforms, interpolation="bilinear", fill_mode="nearest"
+        )
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "rotation_degrees": self.rotation_degrees, "width_shift": self.width_shift,
-                "height_shift": self.height_shift, "shear_degrees": self.shear_degrees, "zoom": self.zoom,
-                "horizontal_flip": self.horizontal_flip, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "rotation_degrees": self.rotation_degrees,
+            "width_shift": self.width_shift,
+            "height_shift": self.height_shift,
+            "shear_degrees": self.shear_degrees,
+            "zoom": self.zoom,
+            "horizontal_flip": self.horizontal_flip,
+            "seed": self.seed,
+        }
 
 
 def augmentation(params: AugmentationParams, seed: int) -> BookAugmentation:
-    return BookAugmentation(params.rotation_degrees, params.width_shift, params.height_shift, params.shear_degrees,
-                            params.zoom, params.horizontal_flip, seed=seed, name="augmentation")
+    return BookAugmentation(
+        params.rotation_degrees,
+        params.width_shift,
+        params.height_shift,
+        params.shear_degrees,
+        params.zoom,
+        params.horizontal_flip,
+        seed=seed,
+        name="augmentation",
+    )

@@ -11,9 +11,9 @@ Stage `base_weights@<base>` resolves `pretrained.bases.<base>.weights` once into
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
 
@@ -34,7 +34,9 @@ class ConvBase:
 
 
 def _vgg16_build(image_size: int) -> keras.Model:
-    return keras.applications.VGG16(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
+    return keras.applications.VGG16(
+        include_top=False, weights=None, input_shape=(image_size, image_size, 3)
+    )
 
 
 def _vgg16_save_weights(weights: str, out: Path, seed: int) -> None:
@@ -102,18 +104,27 @@ def _lite0_preprocess() -> Preprocess:
 
 BASES = {
     "vgg16": ConvBase("vgg16", _vgg16_build, lambda: Preprocess("caffe"), _vgg16_save_weights),
-    "efficientnet_lite0": ConvBase("efficientnet_lite0", _lite0_build, _lite0_preprocess, _lite0_save_weights,
-                                   _lite0_for_inference),
+    "efficientnet_lite0": ConvBase(
+        "efficientnet_lite0",
+        _lite0_build,
+        _lite0_preprocess,
+        _lite0_save_weights,
+        _lite0_for_inference,
+    ),
 }
 
 
 def _load_weights_file(model: keras.Model, path: str, key: str) -> None:
     if not Path(path).is_file():
-        raise PipelineError(f"{key}: {path} does not exist; give a weights file path, 'imagenet' or 'random'")
+        raise PipelineError(
+            f"{key}: {path} does not exist; give a weights file path, 'imagenet' or 'random'"
+        )
     try:
         model.load_weights(path)
     except Exception as exc:
-        raise PipelineError(f"{key}: {path} does not fit a {model.name} conv base ({str(exc).splitlines()[0][:160]})") from None
+        raise PipelineError(
+            f"{key}: {path} does not fit a {model.name} conv base ({str(exc).splitlines()[0][:160]})"
+        ) from None
 
 
 def _save_atomically(model: keras.Model, out: Path) -> None:

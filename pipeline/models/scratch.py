@@ -8,7 +8,10 @@ from pipeline.models.preprocess import Preprocess
 
 
 def build_convnet(
-    image_size: int, dropout: float = 0.0, augmentation: keras.layers.Layer | None = None, name: str = "convnet"
+    image_size: int,
+    dropout: float = 0.0,
+    augmentation: keras.layers.Layer | None = None,
+    name: str = "convnet",
 ) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = augmentation(inputs) if augmentation is not None else inputs
@@ -20,5 +23,7 @@ def build_convnet(
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
     x = keras.layers.Dense(512, activation="relu")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32")(x)  # float32 under mixed precision
+    outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32")(
+        x
+    )  # float32 under mixed precision
     return keras.Model(inputs, outputs, name=name)

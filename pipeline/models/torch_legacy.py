@@ -82,8 +82,9 @@ def _rebuild_tensor(storage, storage_offset, size, stride):
     return _TensorRef(storage, int(storage_offset), tuple(map(int, size)), tuple(map(int, stride)))
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
     # requires_grad / hooks / metadata are autograd state; irrelevant for weights.
     return _rebuild_tensor(storage, storage_offset, size, stride)
 
@@ -102,7 +103,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name, _STORAGE_DTYPES[name])
         raise UnsafePickleError(
-            f"refusing to unpickle global {module}.{name}: not needed for a state dict")
+            f"refusing to unpickle global {module}.{name}: not needed for a state dict"
+        )
 
     def persistent_load(self, pid: Any) -> _StorageRef:
         if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
@@ -121,18 +123,21 @@ def _materialize(name: str, t: _TensorRef, storages: dict[str, np.ndarray]) -> n
     root = storages[t.storage.key]
     if root.dtype != t.storage.dtype:
         raise ValueError(f"{name}: storage {t.storage.key} is used with two dtypes")
-    flat = root[t.storage.offset:t.storage.offset + t.storage.numel]
+    flat = root[t.storage.offset : t.storage.offset + t.storage.numel]
     if len(t.shape) != len(t.stride) or min(t.shape + t.stride + (t.offset,)) < 0:
         raise ValueError(f"{name}: bad offset/size/stride {t.offset}/{t.shape}/{t.stride}")
     if 0 in t.shape:
         return np.empty(t.shape, dtype=flat.dtype)
     # as_strided does no bounds checking: check the last element it would touch.
-    last = t.offset + sum((n - 1) * s for n, s in zip(t.shape, t.stride))
+    last = t.offset + sum((n - 1) * s for n, s in zip(t.shape, t.stride, strict=False))
     if last >= flat.size:
         raise ValueError(f"{name}: view reaches element {last} of a {flat.size}-element storage")
     view = np.lib.stride_tricks.as_strided(
-        flat[t.offset:], shape=t.shape,
-        strides=tuple(s * flat.itemsize for s in t.stride), writeable=False)
+        flat[t.offset :],
+        shape=t.shape,
+        strides=tuple(s * flat.itemsize for s in t.stride),
+        writeable=False,
+    )
     return view.copy()  # contiguous, writable, independent of the file buffer
 
 
@@ -162,7 +167,8 @@ def load_legacy_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise ValueError(f"{path}: only little-endian files are supported")
         obj = _load_pickle(f, path)
         if not isinstance(obj, dict) or not all(
-                isinstance(k, str) and isinstance(v, _TensorRef) for k, v in obj.items()):
+            isinstance(k, str) and isinstance(v, _TensorRef) for k, v in obj.items()
+        ):
             raise ValueError(f"{path}: expected a state dict of {{name: tensor}}")
         keys = _load_pickle(f, path)
         if not isinstance(keys, list):
