@@ -41,18 +41,17 @@ def stage(func):
 @stage
 def download() -> None:
     """Fetch data.source, verify every image, write data/images/ and reports/download.json."""
-    from pipeline.data.download import run_download
+    from pipeline.data.download import download
 
-    params = load_params()
-    run_download(params.data.source, params.data.sha256)
+    download(load_params().data)
 
 
 @stage
 def split() -> None:
     """Write the manifest data/split.csv (path, label, split) from data/images/."""
-    from pipeline.data.split import run_split
+    from pipeline.data.split import split
 
-    run_split(load_params().split)
+    split(load_params().split)
 
 
 @stage
@@ -60,14 +59,14 @@ def prepare(
     image_size: int = typer.Argument(..., help="Side in pixels; must be in prepare.image_sizes."),
 ) -> None:
     """Decode and resize every split once into data/prepared/<size>px/<split>.npz."""
-    from pipeline.data.prepare import run_prepare
+    from pipeline.data.prepare import prepare
 
     params = load_params()
     if image_size not in params.prepare.image_sizes:
         raise PipelineError(
             f"prepare: {image_size} is not in prepare.image_sizes {params.prepare.image_sizes}"
         )
-    run_prepare(image_size)
+    prepare(image_size)
 
 
 ModelName = typer.Argument(..., help="baseline | augmented | features | frozen_aug | finetune")
@@ -88,11 +87,11 @@ def train(model: str = ModelName, base: str = BaseOption) -> None:
     from pipeline import stages
 
     if model in SCRATCH_MODELS:
-        stages.train_scratch(params, model)
+        getattr(stages, model)(params)
     elif model in PRETRAINED_MODELS:
         if base is None:
             raise PipelineError(f"train {model}: give the conv base with --base")
-        getattr(stages, f"train_{model}")(params, base)
+        getattr(stages, model)(params, base)
     else:
         raise PipelineError(
             f"train: unknown model {model!r}; one of {', '.join(SCRATCH_MODELS + PRETRAINED_MODELS)}"
@@ -104,7 +103,7 @@ def base_weights(base: str = typer.Argument(..., help="A key of pretrained.bases
     """Resolve pretrained.bases.<base>.weights into models/bases/<base>.weights.h5."""
     from pipeline import stages
 
-    stages.save_base_weights(load_params(), base)
+    stages.base_weights(load_params(), base)
 
 
 @stage
@@ -118,9 +117,9 @@ def extract(base: str = typer.Argument(..., help="A key of pretrained.bases.")) 
 @stage
 def report() -> None:
     """Write reports/progression.md and .png from every model's metrics; log them to MLflow."""
-    from pipeline.report import run_report
+    from pipeline.report import report
 
-    run_report(load_params())
+    report(load_params())
 
 
 def main() -> None:

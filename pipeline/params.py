@@ -14,8 +14,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import PipelineError
-
-PARAMS_FILE = Path("params.yaml")
+from pipeline.paths import PARAMS_FILE
 
 # The book's from-scratch convnet has four valid 3x3 convs, each followed by a 2x2 pool:
 # 46 px is the smallest input that leaves a 1x1 map. VGG16's five pools need 32 px.
@@ -53,37 +52,32 @@ class PrepareParams(Section):
     image_sizes: list[Annotated[int, Field(ge=MIN_BASE_IMAGE_SIZE, le=1024)]] = Field(min_length=1)
 
 
-class ScratchParams(Section):
-    image_size: Annotated[int, Field(ge=MIN_SCRATCH_IMAGE_SIZE)] = 150
+class FitParams(Section):
+    """How a model is fitted: every training section has these (and may add its own)."""
+
     epochs: PositiveInt
     batch_size: PositiveInt
-    steps_per_epoch: NonNegativeInt = 0
+    steps_per_epoch: NonNegativeInt = 0  # 0: one pass over the training set
     learning_rate: LearningRate
+
+
+class ScratchParams(FitParams):
+    image_size: Annotated[int, Field(ge=MIN_SCRATCH_IMAGE_SIZE)] = 150
     dropout: Fraction = 0.0
 
 
-class HeadParams(Section):
-    epochs: PositiveInt
-    batch_size: PositiveInt
-    learning_rate: LearningRate
+class HeadParams(FitParams):
     dense_units: PositiveInt = 256
     dropout: Fraction = 0.0
 
 
-class FrozenAugParams(Section):
-    epochs: PositiveInt
-    batch_size: PositiveInt
-    steps_per_epoch: NonNegativeInt = 0
-    learning_rate: LearningRate
+class FrozenAugParams(FitParams):
     dense_units: PositiveInt = 256
     cached_copies: NonNegativeInt = 0
 
 
-class FinetuneParams(Section):
-    epochs: PositiveInt
-    batch_size: PositiveInt
-    steps_per_epoch: NonNegativeInt = 0
-    learning_rate: LearningRate
+class FinetuneParams(FitParams):
+    pass
 
 
 # YAML 1.1 (PyYAML) reads a bare on/off as a boolean; DVC's YAML 1.2 reads a string. Take both.

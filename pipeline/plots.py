@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pipeline.io import atomic_path
+from pipeline.files import atomic_path
 
 
 def _save(fig, out: Path) -> None:

@@ -9,12 +9,9 @@ import pandas as pd
 
 from pipeline import plots, tracking
 from pipeline.errors import PipelineError
-from pipeline.io import write_text
+from pipeline.files import write_text
 from pipeline.params import Params
-from pipeline.project import METRICS_DIR
-
-PROGRESSION_MD = Path("reports/progression.md")
-PROGRESSION_PNG = Path("reports/progression.png")
+from pipeline.paths import METRICS_DIR, PROGRESSION_MD, PROGRESSION_PNG
 
 # Deep Learning with Python, 1st ed., ch. 5 (VGG16 for the pretrained models).
 BOOK = {
@@ -76,7 +73,7 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_report(params: Params) -> pd.DataFrame:
+def report(params: Params) -> pd.DataFrame:
     import mlflow
 
     table = progression_table(params)

@@ -15,7 +15,7 @@ import os
 import keras
 import tensorflow as tf
 
-from pipeline.params import Params, RuntimeParams
+from pipeline.params import RuntimeParams
 
 
 def _gpus() -> list:
@@ -26,16 +26,15 @@ def _on(switch: str) -> bool:
     return switch == "on" or (switch == "auto" and bool(_gpus()))
 
 
-def setup(params: Params) -> tf.distribute.Strategy:
+def setup(runtime: RuntimeParams, seed: int) -> tf.distribute.Strategy:
     """Seed everything and configure TensorFlow; call once, before any model is built."""
-    runtime: RuntimeParams = params.train.runtime
     logical_cpus = int(os.environ.get("PIPELINE_LOGICAL_CPUS", "1"))
     if logical_cpus > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * logical_cpus
         )
-    keras.utils.set_random_seed(params.train.seed)
+    keras.utils.set_random_seed(seed)
     if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(precision_policy(runtime))
@@ -56,8 +55,8 @@ def _strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(devices)
 
 
-def jit_compile(params: Params) -> bool:
-    return _on(params.train.runtime.jit_compile)
+def jit_compile(runtime: RuntimeParams) -> bool:
+    return _on(runtime.jit_compile)
 
 
 def describe(strategy: tf.distribute.Strategy) -> dict[str, str]:

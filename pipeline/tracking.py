@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import socket
 import subprocess
@@ -24,7 +23,7 @@ import psutil
 import requests
 
 from pipeline.errors import PipelineError
-from pipeline.project import project_root
+from pipeline.paths import project_root
 
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "dogs-vs-cats")
 
@@ -93,10 +92,6 @@ def git_state() -> dict[str, str]:
     # DVC rewrites dvc.lock between stages of one repro: that alone is not a dirty tree.
     dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock")
     return {"git.commit": commit or "unknown", "git.dirty": str(bool(dirty)).lower()}
-
-
-def file_hash(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def run_tags(stage: str, extra: dict[str, str]) -> dict[str, str]:

@@ -5,9 +5,10 @@ import zipfile
 import pytest
 from synthetic import corrupt_jpeg, write_archive
 
-from pipeline.data.download import run_download
+from pipeline.data.download import download
 from pipeline.data.fetch import fetch_archive
 from pipeline.errors import PipelineError
+from pipeline.params import DataParams
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def test_http_download_of_both_layouts(archive_server, outputs, layout):
     archive = write_archive(archive_server.directory / f"{layout}.zip", layout=layout, per_class=6)
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
     source = f"{archive_server.url}/{layout}.zip"
-    report = run_download(source, sha, **outputs)
+    report = download(DataParams(source=source, sha256=sha), **outputs)
     assert report["layout"] == layout
     assert report["classes"]["cat"]["valid"] == report["classes"]["dog"]["valid"] == 6
     assert sorted(p.name for p in (outputs["images_dir"] / "dog").iterdir()) == [
@@ -47,7 +48,7 @@ def test_bad_images_are_skipped_and_counted_per_class(archive_server, outputs):
         bad=bad,
         extra={"PetImages/Cat/Thumbs.db": b"\x00" * 10},
     )
-    report = run_download(f"{archive_server.url}/ms.zip", **outputs)
+    report = download(DataParams(source=f"{archive_server.url}/ms.zip"), **outputs)
     assert report["classes"]["cat"] == {
         "valid": 6,
         "corrupt": 1,
@@ -76,7 +77,7 @@ def test_bad_images_are_skipped_and_counted_per_class(archive_server, outputs):
 def test_wrong_checksum_fails_and_leaves_nothing(archive_server, outputs):
     write_archive(archive_server.directory / "a.zip", per_class=3)
     with pytest.raises(PipelineError, match=r"data.sha256 mismatch .* expects 0000"):
-        run_download(f"{archive_server.url}/a.zip", "0" * 64, **outputs)
+        download(DataParams(source=f"{archive_server.url}/a.zip", sha256="0" * 64), **outputs)
     assert not outputs["images_dir"].exists() and not outputs["report_file"].exists()
     assert (
         not list((archive_server.directory.parent / "cache").glob("*"))
@@ -135,10 +136,10 @@ def test_cached_download_is_reused(archive_server):
 
 def test_local_path_and_file_url(tmp_path, outputs):
     archive = write_archive(tmp_path / "local.zip", per_class=3)
-    assert run_download(str(archive), **outputs)["classes"]["cat"]["valid"] == 3
-    assert run_download(archive.as_uri(), **outputs)["classes"]["dog"]["valid"] == 3
+    assert download(DataParams(source=str(archive)), **outputs)["classes"]["cat"]["valid"] == 3
+    assert download(DataParams(source=archive.as_uri()), **outputs)["classes"]["dog"]["valid"] == 3
     with pytest.raises(PipelineError, match="does not exist"):
-        run_download(str(tmp_path / "nope.zip"), **outputs)
+        download(DataParams(source=str(tmp_path / "nope.zip")), **outputs)
 
 
 def test_truncated_and_non_zip_archives(tmp_path, outputs):
@@ -146,11 +147,11 @@ def test_truncated_and_non_zip_archives(tmp_path, outputs):
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size * 2 // 3])
     with pytest.raises(PipelineError, match="truncated"):
-        run_download(str(truncated), **outputs)
+        download(DataParams(source=str(truncated)), **outputs)
     html = tmp_path / "page.zip"
     html.write_text("<html>404</html>")
     with pytest.raises(PipelineError, match="not a readable zip archive"):
-        run_download(str(html), **outputs)
+        download(DataParams(source=str(html)), **outputs)
     assert not outputs["images_dir"].exists() and not outputs["report_file"].exists()
 
 
@@ -159,8 +160,8 @@ def test_no_recognisable_images_or_a_missing_class(tmp_path, outputs):
     with zipfile.ZipFile(other, "w") as z:
         z.writestr("photos/a.jpg", b"x")
     with pytest.raises(PipelineError, match="no images in a known layout"):
-        run_download(str(other), **outputs)
+        download(DataParams(source=str(other)), **outputs)
     cats_only = write_archive(tmp_path / "cats.zip", per_class=3, classes=("cat",))
     with pytest.raises(PipelineError, match="no valid dog images"):
-        run_download(str(cats_only), **outputs)
+        download(DataParams(source=str(cats_only)), **outputs)
     assert not outputs["images_dir"].exists()

@@ -23,6 +23,12 @@ import pytest
 from pipeline.models import lite0
 from pipeline.models.torch_legacy import load_legacy_state_dict
 
+
+def preprocess_input(x):
+    """What Lite0's weights expect of [0, 255] RGB: (x - 127) / 128."""
+    return np.asarray(x, np.float32) * lite0.PREPROCESS_SCALE + lite0.PREPROCESS_OFFSET
+
+
 PTH = lite0.default_pth_path()
 ZIP = Path(
     os.environ.get("DOGS_VS_CATS_ZIP")
@@ -152,7 +158,7 @@ def test_matches_numpy_reference_of_pytorch_port(full_model, state_dict, height,
     features_model = keras.Model(
         full_model.input, [full_model.get_layer("avg_pool").output, full_model.output]
     )
-    features, probs = features_model(lite0.preprocess_input(image[None]), training=False)
+    features, probs = features_model(preprocess_input(image[None]), training=False)
     ref_features, ref_probs = _reference_forward(state_dict, image)
 
     np.testing.assert_allclose(np.asarray(features)[0], ref_features, rtol=1e-4, atol=1e-4)
@@ -213,48 +219,12 @@ def test_load_pth_weights_reports_every_mismatch(monkeypatch, state_dict):
         lite0.load_pth_weights(stranger, PTH)
 
 
-@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # Keras internals
-def test_convert_then_load_converted(tmp_path, full_model):
-    out = tmp_path / "weights" / "lite0.weights.h5"
-    lite0.convert(PTH, out)
-    assert out.is_file()
-    assert [p.name for p in out.parent.iterdir()] == ["lite0.weights.h5"]  # no temp file left
-
-    # One file serves both heads and any input size; weights must equal the .pth ones.
-    for model in (
-        lite0.build_efficientnet_lite0((150, 150, 3), pooling="avg"),
-        lite0.build_efficientnet_lite0(include_top=True),
-    ):
-        lite0.load_converted(model, out)
-        for layer in model.layers:
-            for a, b in zip(
-                layer.get_weights(), full_model.get_layer(layer.name).get_weights(), strict=False
-            ):
-                np.testing.assert_array_equal(a, b)
-    assert len(model.get_weights()) == len(full_model.get_weights())
-
-    with pytest.raises(ValueError, match=r"\.weights\.h5"):
-        lite0.convert(PTH, tmp_path / "lite0.h5")
-
-
-# -- preprocessing ----------------------------------------------------------------------------
-
-
-def test_preprocess_input_numpy_tensor_tfdata_and_layer():
-    import tensorflow as tf
+def test_preprocess_layer_is_the_tflite_normalisation():
+    from pipeline.models.bases import BASES
 
     x = np.array([[[0.0, 127.0, 255.0]]], np.float32)
-    expected = (x - 127.0) / 128.0
-    np.testing.assert_allclose(lite0.preprocess_input(x), expected)
-    assert isinstance(lite0.preprocess_input(x), np.ndarray)
-    assert lite0.preprocess_input(x).dtype == np.float32
-    np.testing.assert_allclose(lite0.preprocess_input(x.astype(np.uint8)), expected)
-    np.testing.assert_allclose(x * lite0.PREPROCESS_SCALE + lite0.PREPROCESS_OFFSET, expected)
-    np.testing.assert_allclose(lite0.preprocess_input(tf.constant(x)).numpy(), expected)
-    np.testing.assert_allclose(lite0.preprocess_input(tf.constant(x, tf.uint8)).numpy(), expected)
-    ds = tf.data.Dataset.from_tensor_slices(x[None]).map(lite0.preprocess_input)
-    np.testing.assert_allclose(next(iter(ds)).numpy(), expected)
-    np.testing.assert_allclose(np.asarray(lite0.preprocess_layer()(x)), expected, rtol=1e-6)
+    layer = BASES["efficientnet_lite0"].preprocess()
+    np.testing.assert_allclose(np.asarray(layer(x)), (x - 127.0) / 128.0, rtol=1e-6)
 
 
 # -- real photos ------------------------------------------------------------------------------
@@ -295,9 +265,7 @@ def test_imagenet_top1_on_real_cat_and_dog_photos(full_model):
         )
     rates = {}
     for kind, classes in (("cat", CAT_CLASSES), ("dog", DOG_CLASSES)):
-        probs = full_model.predict(
-            lite0.preprocess_input(_photos(kind, 200)), batch_size=50, verbose=0
-        )
+        probs = full_model.predict(preprocess_input(_photos(kind, 200)), batch_size=50, verbose=0)
         top5 = np.argsort(-probs, axis=1)[:, :5]
         rates[kind] = (
             np.isin(top5[:, 0], classes).mean(),
@@ -335,7 +303,7 @@ def test_finetune_keeps_batch_norm_statistics_frozen(tmp_path):
     before = [w.numpy().copy() for w in (bn.moving_mean, conv.kernel, frozen.kernel)]
     model.compile("sgd", "binary_crossentropy")
     rng = np.random.default_rng(0)
-    pixels = lite0.preprocess_input(rng.uniform(0, 255, (16, 32, 32, 3)))
+    pixels = preprocess_input(rng.uniform(0, 255, (16, 32, 32, 3)))
     model.fit(pixels, rng.integers(0, 2, (16, 1)), epochs=1, verbose=0)
     after = [w.numpy() for w in (bn.moving_mean, conv.kernel, frozen.kernel)]
     assert np.array_equal(before[0], after[0])  # BN statistics untouched

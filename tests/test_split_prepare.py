@@ -5,8 +5,8 @@ import pytest
 from synthetic import write_archive
 
 from pipeline.data.download import extract_images
-from pipeline.data.prepare import load_prepared, run_prepare
-from pipeline.data.split import run_split
+from pipeline.data.prepare import load_prepared, prepare
+from pipeline.data.split import split as make_split_file
 from pipeline.errors import PipelineError
 from pipeline.params import SplitParams
 
@@ -21,12 +21,14 @@ def images_dir(tmp_path_factory):
 
 def split_file(tmp_path, images_dir, **params):
     out = tmp_path / f"split-{len(list(tmp_path.iterdir()))}.csv"
-    run_split(SplitParams(train=10, validation=5, test=5, **params), images_dir, out)
+    make_split_file(SplitParams(train=10, validation=5, test=5, **params), images_dir, out)
     return out
 
 
 def test_book_order_takes_the_lowest_numbers(tmp_path, images_dir):
-    frame = run_split(SplitParams(train=10, validation=5, test=5), images_dir, tmp_path / "s.csv")
+    frame = make_split_file(
+        SplitParams(train=10, validation=5, test=5), images_dir, tmp_path / "s.csv"
+    )
     cats = frame[frame.label == "cat"]
 
     def numbers(split):
@@ -58,13 +60,15 @@ def test_asking_for_too_many_images_names_the_counts(tmp_path, images_dir):
         PipelineError,
         match=r"40 cat images wanted \(train 20 \+ validation 10 \+ test 10\) but .* has only 30",
     ):
-        run_split(SplitParams(train=20, validation=10, test=10), images_dir, tmp_path / "s.csv")
+        make_split_file(
+            SplitParams(train=20, validation=10, test=10), images_dir, tmp_path / "s.csv"
+        )
     assert not (tmp_path / "s.csv").exists()
 
 
 def test_prepare_writes_resized_uint8_arrays(tmp_path, images_dir):
     split = split_file(tmp_path, images_dir)
-    run_prepare(48, split, tmp_path / "prepared")
+    prepare(48, split, tmp_path / "prepared")
     images, labels = load_prepared(48, "train", tmp_path / "prepared")
     assert images.shape == (20, 48, 48, 3) and images.dtype == np.uint8
     assert labels.tolist() == [0] * 10 + [1] * 10

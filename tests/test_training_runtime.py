@@ -240,7 +240,7 @@ def test_a_backup_damaged_by_a_kill_falls_back_or_starts_afresh(tmp_path):
     """SIGKILL can land while Keras writes its backup: use the previous one, else start over."""
     import h5py
 
-    from pipeline.train import _resumable_history
+    from pipeline.resume import completed_epochs
 
     (tmp_path / "history.csv").write_text("epoch,loss\n1,0.6\n2,0.5\n3,0.4\n")
     (tmp_path / "latest.weights.h5").write_bytes(b"half-written")
@@ -248,6 +248,6 @@ def test_a_backup_damaged_by_a_kill_falls_back_or_starts_afresh(tmp_path):
     with h5py.File(tmp_path / "latest.weights.h5.bkp", "w"):
         pass
     (tmp_path / "training_metadata.json.bkp").write_text('{"epoch": 2, "batch": 0}')
-    assert [row["epoch"] for row in _resumable_history(tmp_path)] == [1, 2]
+    assert [row["epoch"] for row in completed_epochs(tmp_path)] == [1, 2]
     (tmp_path / "latest.weights.h5.bkp").write_bytes(b"")
-    assert _resumable_history(tmp_path) == [] and not tmp_path.exists()
+    assert completed_epochs(tmp_path) == [] and not tmp_path.exists()

@@ -21,14 +21,14 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from pipeline.data import CLASSES
 from pipeline.data.fetch import fetch_archive
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_dir, write_text
+from pipeline.files import atomic_dir, write_text
+from pipeline.params import DataParams
+from pipeline.paths import DOWNLOAD_REPORT, IMAGES_DIR
 
-CLASSES = ("cat", "dog")
-IMAGES_DIR = Path("data/images")
-REPORT_FILE = Path("reports/download.json")
-CHUNK = 512
+CHUNK = 512  # images verified per batch: bounded memory
 
 # member name -> (class, number); the number orders images the way the book does.
 LAYOUTS = {
@@ -82,6 +82,9 @@ def _index_members(
     return "", []
 
 
+STATUSES = ("valid", "corrupt", "zero_byte", "not_image", "not_numbered")
+
+
 def extract_images(archive_path: Path, images_dir: Path = IMAGES_DIR) -> dict:
     """Verify and extract every image; return the report (counts per class and skipped files)."""
     try:
@@ -91,65 +94,66 @@ def extract_images(archive_path: Path, images_dir: Path = IMAGES_DIR) -> dict:
             f"{archive_path}: not a readable zip archive ({exc}); the download may be "
             "truncated: delete it and run again, or check data.source"
         ) from None
-    with archive:
+    with archive, atomic_dir(images_dir) as tmp:
         layout, members = _index_members(archive)
         if not members:
             raise PipelineError(
                 f"{archive_path}: no images in a known layout (train/cat.N.jpg or "
                 "PetImages/Cat/N.jpg); check data.source"
             )
-        counts = {label: Counter() for label in CLASSES}
-        skipped = []
-        with atomic_dir(images_dir) as tmp, ThreadPoolExecutor() as pool:
-            for label in CLASSES:
-                (tmp / label).mkdir()
-
-            def check(item):
-                member, label, number = item
-                data = _read_member(archive, archive_path, member)
-                return data, classify_image(data)
-
-            # Bounded chunks keep memory flat; reads are serialised by the lock inside
-            # ZipFile, decoding (the slow part) runs in parallel.
-            bar = tqdm(total=len(members), desc="verify images", unit="img")
-            for start in range(0, len(members), CHUNK):
-                chunk = members[start : start + CHUNK]
-                for (member, label, number), (data, status) in zip(
-                    chunk, pool.map(check, chunk), strict=False
-                ):
-                    if status == "valid" and number is None:
-                        status = "not_numbered"
-                    counts[label][status] += 1
-                    if status == "valid":
-                        (tmp / label / f"{number}.jpg").write_bytes(data)
-                    else:
-                        skipped.append({"file": member.filename, "class": label, "reason": status})
-                bar.update(len(chunk))
-            bar.close()
-            for label in CLASSES:
-                if counts[label]["valid"] == 0:
-                    raise PipelineError(
-                        f"{archive_path}: no valid {label} images in the archive; check data.source"
-                    )
+        counts, skipped = _verify_and_write(archive, archive_path, members, tmp)
+        for label in CLASSES:
+            if counts[label]["valid"] == 0:
+                raise PipelineError(
+                    f"{archive_path}: no valid {label} images in the archive; check data.source"
+                )
     return {
         "archive": str(archive_path),
         "layout": layout,
-        "classes": {
-            label: {
-                k: counts[label][k]
-                for k in ("valid", "corrupt", "zero_byte", "not_image", "not_numbered")
-            }
-            for label in CLASSES
-        },
+        "classes": {label: {k: counts[label][k] for k in STATUSES} for label in CLASSES},
         "skipped": sorted(skipped, key=lambda s: s["file"]),
     }
 
 
-def run_download(
-    source: str, sha256: str = "", images_dir: Path = IMAGES_DIR, report_file: Path = REPORT_FILE
+def _verify_and_write(archive, archive_path: Path, members: list, out: Path):
+    """Decode every member; write the valid ones to out/<class>/<number>.jpg; count the rest."""
+    counts = {label: Counter() for label in CLASSES}
+    skipped = []
+    for label in CLASSES:
+        (out / label).mkdir()
+
+    def check(item):
+        member, label, number = item
+        data = _read_member(archive, archive_path, member)
+        return data, classify_image(data)
+
+    # Bounded chunks keep memory flat; reads are serialised by the lock inside
+    # ZipFile, decoding (the slow part) runs in parallel.
+    with (
+        ThreadPoolExecutor() as pool,
+        tqdm(total=len(members), desc="verify images", unit="img") as bar,
+    ):
+        for start in range(0, len(members), CHUNK):
+            chunk = members[start : start + CHUNK]
+            for (member, label, number), (data, status) in zip(
+                chunk, pool.map(check, chunk), strict=True
+            ):
+                if status == "valid" and number is None:
+                    status = "not_numbered"
+                counts[label][status] += 1
+                if status == "valid":
+                    (out / label / f"{number}.jpg").write_bytes(data)
+                else:
+                    skipped.append({"file": member.filename, "class": label, "reason": status})
+            bar.update(len(chunk))
+    return counts, skipped
+
+
+def download(
+    params: DataParams, images_dir: Path = IMAGES_DIR, report_file: Path = DOWNLOAD_REPORT
 ) -> dict:
-    archive = fetch_archive(source, sha256)
-    report = {"source": source, **extract_images(archive, images_dir)}
+    archive = fetch_archive(params.source, params.sha256)
+    report = {"source": params.source, **extract_images(archive, images_dir)}
     write_text(report_file, json.dumps(report, indent=2) + "\n")
     for label, c in report["classes"].items():
         bad = sum(c.values()) - c["valid"]

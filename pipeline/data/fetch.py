@@ -16,24 +16,15 @@ import requests
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.project import project_root
+from pipeline.files import CHUNK, sha256_of
+from pipeline.paths import DOWNLOAD_CACHE, project_root
 
-DOWNLOAD_CACHE = Path("data/downloads")
 RETRIES = 5
-CHUNK = 1 << 16  # small enough that a broken transfer keeps most of what arrived
 TIMEOUT_SECONDS = 30
 
 
 class _Transient(Exception):
     """A failure worth retrying: the next attempt resumes where this one stopped."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def is_url(source: str) -> bool:

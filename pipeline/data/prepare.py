@@ -13,12 +13,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.data.download import CLASSES
-from pipeline.data.split import SPLIT_FILE, SPLITS, read_split
+from pipeline.data import CLASSES
+from pipeline.data.split import SPLITS, read_split
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_dir
-
-PREPARED_DIR = Path("data/prepared")
+from pipeline.files import atomic_dir
+from pipeline.paths import PREPARED_DIR, SPLIT_FILE
 
 
 def prepared_dir(image_size: int, root: Path = PREPARED_DIR) -> Path:
@@ -32,7 +31,7 @@ def load_image(path: str, image_size: int) -> np.ndarray:
         return np.asarray(image, dtype=np.uint8)
 
 
-def run_prepare(image_size: int, split_file: Path = SPLIT_FILE, root: Path = PREPARED_DIR) -> Path:
+def prepare(image_size: int, split_file: Path = SPLIT_FILE, root: Path = PREPARED_DIR) -> Path:
     frame = read_split(split_file)
     out = prepared_dir(image_size, root)
     with atomic_dir(out) as tmp, ThreadPoolExecutor() as pool:

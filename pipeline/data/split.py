@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.data.download import CLASSES, IMAGES_DIR
+from pipeline.data import CLASSES
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_path
+from pipeline.files import atomic_path
 from pipeline.params import SplitParams
+from pipeline.paths import IMAGES_DIR, SPLIT_FILE
 
-SPLIT_FILE = Path("data/split.csv")
 SPLITS = ("train", "validation", "test")
 
 
@@ -54,7 +54,7 @@ def make_split(params: SplitParams, images_dir: Path = IMAGES_DIR) -> pd.DataFra
     return frame.sort_values(["split", "label"], kind="stable").reset_index(drop=True)
 
 
-def run_split(
+def split(
     params: SplitParams, images_dir: Path = IMAGES_DIR, out: Path = SPLIT_FILE
 ) -> pd.DataFrame:
     frame = make_split(params, images_dir)

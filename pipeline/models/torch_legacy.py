@@ -157,38 +157,9 @@ def load_legacy_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if f.read(4) == b"PK\x03\x04":
             raise ValueError(f"{path}: zip-format checkpoint (torch >= 1.6), not legacy format")
         f.seek(0)
-        # Five pickles back to back; each load() stops right after its STOP opcode.
-        if _load_pickle(f, path) != _MAGIC:
-            raise ValueError(f"{path}: not a legacy torch file (wrong magic number)")
-        if _load_pickle(f, path) != _PROTOCOL_VERSION:
-            raise ValueError(f"{path}: unsupported legacy protocol version")
-        sys_info = _load_pickle(f, path)
-        if not (isinstance(sys_info, dict) and sys_info.get("little_endian")):
-            raise ValueError(f"{path}: only little-endian files are supported")
-        obj = _load_pickle(f, path)
-        if not isinstance(obj, dict) or not all(
-            isinstance(k, str) and isinstance(v, _TensorRef) for k, v in obj.items()
-        ):
-            raise ValueError(f"{path}: expected a state dict of {{name: tensor}}")
-        keys = _load_pickle(f, path)
-        if not isinstance(keys, list):
-            raise ValueError(f"{path}: expected the list of storage keys")
+        obj, keys = _read_header_pickles(f, path)
         dtypes = {t.storage.key: t.storage.dtype for t in obj.values()}
-
-        storages: dict[str, np.ndarray] = {}
-        for key in map(str, keys):
-            if key not in dtypes:  # its element size would be unknown
-                raise ValueError(f"{path}: storage {key} is not used by any tensor")
-            header = f.read(8)
-            if len(header) != 8:
-                raise ValueError(f"{path}: truncated before storage {key}")
-            (numel,) = struct.unpack("<q", header)
-            nbytes = numel * dtypes[key].itemsize
-            data = f.read(nbytes) if numel >= 0 else b""
-            if numel < 0 or len(data) != nbytes:
-                raise ValueError(f"{path}: truncated in storage {key}")
-            storages[key] = np.frombuffer(data, dtype=dtypes[key])
-
+        storages = _read_storages(f, path, keys, dtypes)
     missing = set(dtypes) - set(storages)
     if missing:
         raise ValueError(f"{path}: no data for storages {sorted(missing)}")
@@ -196,3 +167,42 @@ def load_legacy_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {name: _materialize(name, t, storages) for name, t in obj.items()}
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def _read_header_pickles(f, path: str) -> tuple[dict, list]:
+    """Five pickles back to back (each load() stops right after its STOP opcode): magic,
+    protocol, system info, the state dict of tensor references, the storage keys."""
+    if _load_pickle(f, path) != _MAGIC:
+        raise ValueError(f"{path}: not a legacy torch file (wrong magic number)")
+    if _load_pickle(f, path) != _PROTOCOL_VERSION:
+        raise ValueError(f"{path}: unsupported legacy protocol version")
+    sys_info = _load_pickle(f, path)
+    if not (isinstance(sys_info, dict) and sys_info.get("little_endian")):
+        raise ValueError(f"{path}: only little-endian files are supported")
+    obj = _load_pickle(f, path)
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, _TensorRef) for k, v in obj.items()
+    ):
+        raise ValueError(f"{path}: expected a state dict of {{name: tensor}}")
+    keys = _load_pickle(f, path)
+    if not isinstance(keys, list):
+        raise ValueError(f"{path}: expected the list of storage keys")
+    return obj, keys
+
+
+def _read_storages(f, path: str, keys: list, dtypes: dict) -> dict[str, np.ndarray]:
+    """The raw storages after the pickles: per key, an int64 element count, then the data."""
+    storages: dict[str, np.ndarray] = {}
+    for key in map(str, keys):
+        if key not in dtypes:  # its element size would be unknown
+            raise ValueError(f"{path}: storage {key} is not used by any tensor")
+        header = f.read(8)
+        if len(header) != 8:
+            raise ValueError(f"{path}: truncated before storage {key}")
+        (numel,) = struct.unpack("<q", header)
+        nbytes = numel * dtypes[key].itemsize
+        data = f.read(nbytes) if numel >= 0 else b""
+        if numel < 0 or len(data) != nbytes:
+            raise ValueError(f"{path}: truncated in storage {key}")
+        storages[key] = np.frombuffer(data, dtype=dtypes[key])
+    return storages
