@@ -1,0 +1,150 @@
+"""Every model under every runtime combination `auto` picks: on a GPU machine (XLA, float16
+mixed precision, mirrored over two devices) and on a CPU (float32 or bfloat16, no XLA).
+
+CPUs run all of them: XLA compiles for CPUs, float16 is emulated (slow, correct), and two
+logical CPUs stand in for two GPUs. PIPELINE_AUTO_AS_GPUS makes `auto` decide as with GPUs.
+Each combination trains the five models of one tiny synthetic project in one fresh process
+(tests/runtime_matrix_worker.py), through the stage functions `dvc repro` runs; each saved
+model is then loaded afresh and must score the test split exactly as the trained one did.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_project, run, update_params
+from synthetic import write_archive
+
+pytestmark = pytest.mark.slow
+
+WORKER = Path(__file__).with_name("runtime_matrix_worker.py")
+MODELS = ["baseline", "augmented", "features-vgg16", "frozen_aug-vgg16", "finetune-vgg16"]
+SHORT = {"epochs": 1, "steps_per_epoch": 2}  # a step or two: it runs, saves and reloads
+LONG = {"epochs": 4, "steps_per_epoch": 0}  # 4 passes over 48 images: enough to learn
+
+# name: (environment, train.runtime, how long, what it must resolve to)
+COMBINATIONS = {
+    # auto on a machine with one GPU
+    "gpu-1": (
+        {"PIPELINE_AUTO_AS_GPUS": "1"},
+        {},
+        LONG,
+        {"jit_compile": True, "precision": "mixed_float16", "replicas": "1"},
+    ),
+    # auto on a machine with two GPUs, less XLA: TensorFlow's XLA cannot run a replica on a
+    # second logical CPU (its variables live there, XLA compiles for CPU:0); GPUs don't share
+    # that limit, and test_augment_xla.py runs XLA inside a mirrored step on one device.
+    "gpu-2": (
+        {"PIPELINE_AUTO_AS_GPUS": "2", "PIPELINE_LOGICAL_CPUS": "2"},
+        {"jit_compile": "off"},
+        SHORT,
+        {"jit_compile": False, "precision": "mixed_float16", "replicas": "2"},
+    ),
+    "cpu-float32": (
+        {},
+        {},
+        SHORT,
+        {"jit_compile": False, "precision": "float32", "replicas": "1"},
+    ),
+    "cpu-bfloat16": (
+        {},
+        {"mixed_precision": "on"},
+        SHORT,
+        {"jit_compile": False, "precision": "mixed_bfloat16", "replicas": "1"},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A tiny project with its data stages run: 48 px for the convnets, 32 for VGG16."""
+    root = tmp_path_factory.mktemp("matrix")
+    archive = write_archive(root / "sample.zip", per_class=40, size=64)
+    project = make_project(
+        root / "prepared",
+        {
+            "data": {"source": str(archive)},
+            "split": {"train": 24, "validation": 8, "test": 8},
+            "prepare": {"image_sizes": [32, 48]},
+            "train": {
+                "baseline": {"image_size": 48, "batch_size": 8, "learning_rate": 1e-3},
+                "augmented": {"image_size": 48, "batch_size": 8, "learning_rate": 1e-3},
+                "features": {"batch_size": 8, "learning_rate": 1e-3},
+                "frozen_aug": {"batch_size": 8, "learning_rate": 1e-3},
+                "finetune": {"batch_size": 8, "epochs": 1, "steps_per_epoch": 2},
+            },
+            "pretrained": {
+                "bases": {
+                    "__replace__": True,
+                    "vgg16": {
+                        "image_size": 32,
+                        "weights": "random",
+                        "finetune_from": "block5_conv1",
+                    },
+                }
+            },
+        },
+    )
+    run(["dvc", "repro", "prepare@32", "prepare@48"], project)
+    return project
+
+
+@pytest.fixture(scope="module")
+def trained(prepared):
+    """combination name -> (project, the worker's results); each trained once, on demand."""
+    done = {}
+
+    def get(name: str):
+        if name not in done:
+            env, runtime, length, _ = COMBINATIONS[name]
+            project = prepared.parent / name
+            shutil.copytree(prepared, project)
+            epochs = {m: length for m in ("baseline", "augmented", "frozen_aug")}
+            update_params(
+                project,
+                {"train": {"runtime": runtime, **epochs, "features": {"epochs": length["epochs"]}}},
+            )
+            out = project / "matrix.json"
+            run([sys.executable, str(WORKER), str(out)], project, env=env)
+            done[name] = project, json.loads(out.read_text())
+        return done[name]
+
+    return get
+
+
+def mlflow_tags(project: Path, run_name: str) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dogs-vs-cats")
+    (found,) = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{run_name}'")
+    return found.data.tags
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS)
+@pytest.mark.parametrize("model", MODELS)
+def test_model_trains_saves_and_reloads(trained, combination, model):
+    project, results = trained(combination)
+    _, _, length, expected = COMBINATIONS[combination]
+    result = results[model]
+    assert "error" not in result, result.get("error")
+    assert (results["jit_compile"], results["precision"]) == (
+        expected["jit_compile"],
+        expected["precision"],
+    )
+    tags = mlflow_tags(project, model)
+    assert (tags["precision"], tags["replicas"]) == (expected["precision"], expected["replicas"])
+    trained_, reloaded = result["metrics"], result["reloaded"]
+    # The saved model predicts what the trained one did: same classes, same loss.
+    assert (
+        reloaded["confusion_matrix"]
+        == json.loads((project / f"reports/metrics/{model}.json").read_text())["confusion_matrix"]
+    )
+    assert reloaded["test_accuracy"] == pytest.approx(trained_["test_accuracy"], abs=1e-4)
+    assert reloaded["test_loss"] == pytest.approx(trained_["test_loss"], abs=2e-4)
+    if length is LONG:
+        assert trained_["test_accuracy"] >= 0.75, trained_  # 16 test images; chance is 0.5
