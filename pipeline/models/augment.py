@@ -79,11 +79,10 @@ def sample_bilinear(images, transforms):
     x = ops.clip(a0 * cols + a1 * rows + a2, 0.0, width - 1.0)  # source column of each pixel
     y = ops.clip(b0 * cols + b1 * rows + b2, 0.0, height - 1.0)  # source row
     x0, y0 = ops.floor(x), ops.floor(y)
-    fx = ops.cast(ops.reshape(x - x0, (-1, 1)), images.dtype)
-    fy = ops.cast(ops.reshape(y - y0, (-1, 1)), images.dtype)
+    fx, fy = ops.reshape(x - x0, (-1, 1)), ops.reshape(y - y0, (-1, 1))
     x0, y0 = ops.cast(x0, "int32"), ops.cast(y0, "int32")
     x1, y1 = ops.minimum(x0 + 1, width - 1), ops.minimum(y0 + 1, height - 1)
-    pixels = ops.reshape(images, (-1, channels))
+    pixels = ops.cast(ops.reshape(images, (-1, channels)), "float32")
     first = (ops.arange(n, dtype="int32") * (height * width))[:, None, None]
 
     def at(row, col):
@@ -92,19 +91,24 @@ def sample_bilinear(images, transforms):
     top_left, bottom_left = at(y0, x0), at(y1, x0)
     top = top_left + fx * (at(y0, x1) - top_left)
     bottom = bottom_left + fx * (at(y1, x1) - bottom_left)
-    return ops.reshape(top + fy * (bottom - top), shape)
+    return ops.cast(ops.reshape(top + fy * (bottom - top), shape), images.dtype)
 
 
 def compiling_with_xla() -> bool:
     """True while TensorFlow traces a function for XLA (`jit_compile=True`, also a
     distribution strategy's step inside one): tf.function enters an XLA control-flow
     context on the graph it traces into, the check TensorFlow itself makes to avoid
-    nesting compilations. Eager and plain tf.function/tf.data tracing: False."""
+    nesting compilations. Eager and plain tf.function/tf.data tracing: False.
+    The check is TensorFlow-internal: should a release drop it, every graph counts as
+    compiled (the gathers are correct everywhere, only slower without XLA)."""
     if keras.backend.backend() != "tensorflow":
         return False  # JAX compiles affine_transform itself; torch has no XLA step here
     import tensorflow as tf
-    from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
 
+    try:
+        from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
+    except ImportError:
+        return not tf.executing_eagerly()
     return GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
