@@ -6,15 +6,20 @@ float16, while bfloat16 runs on AVX512-BF16/AMX units (2-2.5x faster convnet tra
 ours, benchmarks/benchmark.py); on a CPU without them it is slower, so it is not automatic.
 `PIPELINE_LOGICAL_CPUS=N` splits the CPU into N logical devices, so the mirrored strategy
 can be exercised without GPUs (it is a machine setting, not a param: results don't change).
+`PIPELINE_AUTO_AS_GPUS=N` makes `auto` (and `on`) decide as on a machine with N GPUs: with
+N >= 1, XLA and float16 on; with N >= 2 too, the mirrored strategy over the logical CPUs.
+It is the seam that lets tests run on CPUs what a GPU machine runs by default.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import keras
 import tensorflow as tf
 
+from pipeline.errors import PipelineError
 from pipeline.params import RuntimeParams
 
 
@@ -22,8 +27,20 @@ def _gpus() -> list:
     return tf.config.list_physical_devices("GPU")
 
 
+def _gpu_count() -> int:
+    """The GPUs that `auto` decides by: the visible ones, or PIPELINE_AUTO_AS_GPUS."""
+    forced = os.environ.get("PIPELINE_AUTO_AS_GPUS", "")
+    if not forced:
+        return len(_gpus())
+    if not forced.isdigit():
+        raise PipelineError(
+            f"PIPELINE_AUTO_AS_GPUS={forced}: give a number of GPUs (0, 1, 2, ...) or unset it"
+        )
+    return int(forced)
+
+
 def _on(switch: str) -> bool:
-    return switch == "on" or (switch == "auto" and bool(_gpus()))
+    return switch == "on" or (switch == "auto" and _gpu_count() > 0)
 
 
 def setup(runtime: RuntimeParams, seed: int) -> tf.distribute.Strategy:
@@ -44,14 +61,16 @@ def setup(runtime: RuntimeParams, seed: int) -> tf.distribute.Strategy:
 def precision_policy(runtime: RuntimeParams) -> str:
     if not _on(runtime.mixed_precision):
         return "float32"
-    return "mixed_float16" if _gpus() else "mixed_bfloat16"
+    return "mixed_float16" if _gpu_count() else "mixed_bfloat16"
 
 
+# One strategy per process: with a second MirroredStrategy in the same process, the next
+# model's gradient all-reduce aborted (a shape mismatch in a collective instance).
+@functools.cache
 def _strategy(name: str) -> tf.distribute.Strategy:
-    gpus = _gpus()
-    if name == "default" or (name == "auto" and len(gpus) < 2):
+    if name == "default" or (name == "auto" and _gpu_count() < 2):
         return tf.distribute.get_strategy()
-    devices = [d.name for d in tf.config.list_logical_devices("GPU" if gpus else "CPU")]
+    devices = [d.name for d in tf.config.list_logical_devices("GPU" if _gpus() else "CPU")]
     return tf.distribute.MirroredStrategy(devices)
 
 

@@ -4,7 +4,13 @@ ImageDataGenerator draws a rotation, a shift, a shear and a zoom per image, mult
 matrices into one affine map and resamples the image once, then maybe flips it. Keras 3's
 RandomRotation/RandomTranslation/RandomShear/RandomZoom resample once each: four
 interpolations (blurrier) and four passes (3-4x slower on a CPU). This layer does what the
-book's generator did, in one `keras.ops.image.affine_transform` per batch.
+book's generator did, in one bilinear resampling per batch.
+
+Under XLA (`jit_compile`, on by default on a GPU) `keras.ops.image.affine_transform` cannot
+run: on TensorFlow it is ImageProjectiveTransformV3, which has no XLA kernel in TF 2.21
+(tensorflow/tensorflow#100865). There the layer resamples with `sample_bilinear`, the same
+sampling written as gathers, which XLA compiles; without XLA it keeps affine_transform's C++
+kernel, faster than the gathers there (benchmarks/augment_xla.py).
 
 Units (the book's Keras 2.0 -> here):
 - rotation_range=40 is degrees: an angle from uniform(-40, 40) degrees;
@@ -59,6 +65,53 @@ def book_transforms(theta, tx, ty, shear, zx, zy, flip, height: int, width: int)
     )
 
 
+def sample_bilinear(images, transforms):
+    """`ops.image.affine_transform(images, transforms, "bilinear", fill_mode="nearest")` in
+    ops that XLA compiles: per output pixel, the four input pixels around its source point,
+    gathered from the flattened batch and weighted bilinearly. Fill 'nearest' is a clamp of
+    the source point to the image, as in TensorFlow's kernel. `transforms` is (N, 8), the
+    last two (projective) entries zero."""
+    shape = ops.shape(images)
+    n, height, width, channels = shape[0], images.shape[1], images.shape[2], images.shape[3]
+    a0, a1, a2, b0, b1, b2 = (ops.cast(transforms[:, i, None, None], "float32") for i in range(6))
+    cols = ops.arange(width, dtype="float32")[None, None, :]
+    rows = ops.arange(height, dtype="float32")[None, :, None]
+    x = ops.clip(a0 * cols + a1 * rows + a2, 0.0, width - 1.0)  # source column of each pixel
+    y = ops.clip(b0 * cols + b1 * rows + b2, 0.0, height - 1.0)  # source row
+    x0, y0 = ops.floor(x), ops.floor(y)
+    fx, fy = ops.reshape(x - x0, (-1, 1)), ops.reshape(y - y0, (-1, 1))
+    x0, y0 = ops.cast(x0, "int32"), ops.cast(y0, "int32")
+    x1, y1 = ops.minimum(x0 + 1, width - 1), ops.minimum(y0 + 1, height - 1)
+    pixels = ops.cast(ops.reshape(images, (-1, channels)), "float32")
+    first = (ops.arange(n, dtype="int32") * (height * width))[:, None, None]
+
+    def at(row, col):
+        return ops.take(pixels, ops.reshape(first + row * width + col, (-1,)), axis=0)
+
+    top_left, bottom_left = at(y0, x0), at(y1, x0)
+    top = top_left + fx * (at(y0, x1) - top_left)
+    bottom = bottom_left + fx * (at(y1, x1) - bottom_left)
+    return ops.cast(ops.reshape(top + fy * (bottom - top), shape), images.dtype)
+
+
+def compiling_with_xla() -> bool:
+    """True while TensorFlow traces a function for XLA (`jit_compile=True`, also a
+    distribution strategy's step inside one): tf.function enters an XLA control-flow
+    context on the graph it traces into, the check TensorFlow itself makes to avoid
+    nesting compilations. Eager and plain tf.function/tf.data tracing: False.
+    The check is TensorFlow-internal: should a release drop it, every graph counts as
+    compiled (the gathers are correct everywhere, only slower without XLA)."""
+    if keras.backend.backend() != "tensorflow":
+        return False  # JAX compiles affine_transform itself; torch has no XLA step here
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
+    except ImportError:
+        return not tf.executing_eagerly()
+    return GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 @keras.saving.register_keras_serializable(package="pipeline")
 class BookAugmentation(keras.layers.Layer):
     """Random rotation, shift, shear, zoom and horizontal flip, resampled once."""
@@ -106,6 +159,8 @@ class BookAugmentation(keras.layers.Layer):
         zx, zy = 1 + symmetric(self.zoom), 1 + symmetric(self.zoom)
         flip = ops.cast(uniform(0, 1) < 0.5, "float32") if self.horizontal_flip else ops.zeros((n,))
         transforms = book_transforms(theta, tx, ty, shear, zx, zy, flip, height, width)
+        if compiling_with_xla():
+            return sample_bilinear(images, transforms)
         return ops.image.affine_transform(
             images, transforms, interpolation="bilinear", fill_mode="nearest"
         )

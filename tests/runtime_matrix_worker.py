@@ -1,0 +1,85 @@
+"""Trains every model of a tiny project under one runtime combination, in one process.
+
+    cd <project> && python tests/runtime_matrix_worker.py results.json
+
+Run by tests/test_runtime_matrix.py, one fresh process per combination: the logical CPUs
+(PIPELINE_LOGICAL_CPUS) are fixed when TensorFlow starts, and the mixed-precision policy is
+process-wide, so combinations cannot share a process. Within it, each model goes through
+the same stage functions `python -m pipeline train ...` calls (real MLflow store, real
+outputs), then its saved .keras file is loaded afresh and evaluated on the test split. A
+model that fails is recorded with its traceback and the next one still runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+BASE = "vgg16"  # random weights: no download, and its small image size keeps it cheap
+
+
+def test_split(image_size: int | None):
+    """Test inputs and labels: prepared pixels, or (None) the base's cached features."""
+    import numpy as np
+
+    from pipeline.data.prepare import load_prepared
+
+    if image_size:
+        return load_prepared(image_size, "test")
+    with np.load(f"data/features/{BASE}/test.npz") as arrays:
+        return arrays["features"], arrays["labels"]
+
+
+def reloaded_scores(name: str, image_size: int | None) -> dict:
+    """Test loss, accuracy and confusion matrix of models/NAME.keras, loaded afresh."""
+    import keras
+    import numpy as np
+
+    import pipeline.models  # noqa: F401  registers the custom layers
+    from pipeline.data.dataset import make_dataset
+
+    inputs, labels = test_split(image_size)
+    model = keras.models.load_model(f"models/{name}.keras")
+    loss, accuracy = model.evaluate(make_dataset(inputs, labels, 8), verbose=0)
+    predicted = (model.predict(inputs, batch_size=8, verbose=0).ravel() > 0.5).astype(int)
+    confusion = np.zeros((2, 2), dtype=int)
+    np.add.at(confusion, (labels.ravel().astype(int), predicted), 1)
+    return {"test_loss": loss, "test_accuracy": accuracy, "confusion_matrix": confusion.tolist()}
+
+
+def main(out: Path) -> None:
+    sys.path.insert(0, str(Path.cwd()))  # the project's copy, as `python -m pipeline` uses
+    from pipeline import runtime, stages
+    from pipeline.params import load_params
+
+    params = load_params()
+    scratch_size = params.train.baseline.image_size
+    base_size = params.pretrained.bases[BASE].image_size
+    steps = {
+        "baseline": (lambda: stages.baseline(params), scratch_size),
+        "augmented": (lambda: stages.augmented(params), scratch_size),
+        f"features-{BASE}": (lambda: stages.features(params, BASE), None),
+        f"frozen_aug-{BASE}": (lambda: stages.frozen_aug(params, BASE), base_size),
+        f"finetune-{BASE}": (lambda: stages.finetune(params, BASE), base_size),
+    }
+    results = {
+        "jit_compile": runtime.jit_compile(params.train.runtime),
+        "precision": runtime.precision_policy(params.train.runtime),
+    }
+    # First, as in every stage process: logical CPUs before TensorFlow starts.
+    runtime.setup(params.train.runtime, params.train.seed)
+    stages.base_weights(params, BASE)
+    stages.extract(params, BASE, batch_size=8)
+    for name, (train, image_size) in steps.items():
+        try:
+            metrics = train()
+            results[name] = {"metrics": metrics, "reloaded": reloaded_scores(name, image_size)}
+        except Exception:
+            results[name] = {"error": traceback.format_exc()}
+    out.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
