@@ -14,12 +14,14 @@ finds each one by the hash of its `.keras` file (tag `model_sha256`).
 
 from __future__ import annotations
 
+import io
 import tempfile
 import warnings
 from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from pipeline import paths, serving
 from pipeline.data.split import read_split
@@ -37,9 +39,11 @@ def log_model(job, model_file: Path) -> str:
     run's input dataset; return the model id."""
     import mlflow
 
-    split = read_split(paths.SPLIT_FILE)
-    dataset = split_dataset(split, job.tags["split_sha256"])
-    mlflow.log_input(dataset, context="training")
+    # A stage run by hand where only data/prepared was pulled has no manifest: no dataset then.
+    split = read_split(paths.SPLIT_FILE) if paths.SPLIT_FILE.is_file() else None
+    if split is not None:
+        mlflow.log_input(split_dataset(split, job.tags["split_sha256"]), context="training")
+    image_size = int(job.tags["image_size"])
     with tempfile.TemporaryDirectory() as tmp:
         info = mlflow.pyfunc.log_model(
             name=LOGGED_MODEL,
@@ -47,9 +51,9 @@ def log_model(job, model_file: Path) -> str:
             artifacts={serving.KERAS_ARTIFACT: str(_image_model(job, model_file, Path(tmp)))},
             code_paths=[str(Path(serving.__file__).parent)],
             signature=serving.signature(),
-            input_example=pd.DataFrame({serving.IMAGE: [_example_image(split)]}),
+            input_example=pd.DataFrame({serving.IMAGE: [_example_image(split, image_size)]}),
             pip_requirements=_pinned(REQUIREMENTS),
-            metadata={"image_size": int(job.tags["image_size"])},
+            metadata={"image_size": image_size},
             tags={MODEL_HASH_TAG: sha256_of(model_file)[:16], "dvc.stage": job.stage},
         )
     print(f"logged MLflow model {info.model_uri} ({job.name})")
@@ -85,9 +89,16 @@ def _image_model(job, model_file: Path, tmp: Path) -> Path:
     return tmp / "model.keras"
 
 
-def _example_image(split: pd.DataFrame) -> bytes:
-    """The first test photo: the input example MLflow shows and checks the model with."""
-    return Path(split.loc[split["split"] == "test", "path"].iloc[0]).read_bytes()
+def _example_image(split: pd.DataFrame | None, image_size: int) -> bytes:
+    """The input example MLflow shows and checks the model with: the first test photo, or a
+    gray one where the manifest or its photos are not in the workspace."""
+    if split is not None:
+        first = Path(split.loc[split["split"] == "test", "path"].iloc[0])
+        if first.is_file():
+            return first.read_bytes()
+    buffer = io.BytesIO()
+    Image.new("RGB", (image_size, image_size), (128, 128, 128)).save(buffer, format="JPEG")
+    return buffer.getvalue()
 
 
 def _pinned(names) -> list[str]:

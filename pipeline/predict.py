@@ -36,10 +36,15 @@ class Prediction:
 
 def predict(targets: Iterable[Path], model: str, csv_file: Path | None, batch_size: int) -> int:
     """Predict every image under `targets`; write `csv_file` if given; return how many failed."""
+    files = image_files(targets)
+    return predict_files(files, load_classifier(model), csv_file, batch_size)
+
+
+def predict_files(files: list[Path], classifier, csv_file: Path | None, batch_size: int) -> int:
+    """`predict` with the files listed and the classifier (load_classifier) loaded."""
     from tqdm import tqdm
 
-    files = image_files(targets)
-    image_size, p_dog = load_classifier(model)
+    image_size, p_dog = classifier
     results = []
     with tqdm(total=len(files), unit="img", disable=len(files) < PROGRESS_FROM) as bar:
         for batch in _decoded_batches(files, image_size, batch_size):

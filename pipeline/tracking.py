@@ -26,9 +26,6 @@ from pipeline.errors import PipelineError
 from pipeline.paths import project_root
 
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "dogs-vs-cats")
-# MLflow 3's UI opens an experiment without this tag on a GenAI overview: say it trains models,
-# so it opens on its runs.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def tracking_uri() -> str:
@@ -66,9 +63,7 @@ def connect() -> str:
         # Another stage may create it in the meantime.
         with contextlib.suppress(mlflow.exceptions.MlflowException):
             mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
-    experiment = mlflow.set_experiment(EXPERIMENT)
-    if EXPERIMENT_KIND[0] not in experiment.tags:  # the user may have chosen another view
-        mlflow.set_experiment_tag(*EXPERIMENT_KIND)
+    mlflow.set_experiment(EXPERIMENT)
     return uri
 
 

@@ -111,7 +111,6 @@ def _exp(client):
 def test_runs_have_a_logged_model_and_the_split_as_input_dataset(project):
     client = client_of(project)
     experiment = _exp(client)
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id], "attributes.run_name != 'report'")
     assert sorted(r.info.run_name for r in runs) == sorted(MODELS)
     for run_ in runs:
@@ -300,3 +299,14 @@ def test_pixels_and_bad_input_of_the_pyfunc():
         with pytest.raises(MlflowException, match=re.escape(message)) as info:
             pixels_of(frame, 16)
         assert info.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+@pytest.mark.slow
+def test_dvc_yaml_declares_the_models_as_artifacts(project):
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        artifacts = repo.artifacts.read()["dvc.yaml"]
+    for model in MODELS:
+        assert artifacts[model].type == "model"
+        assert (project / artifacts[model].path).is_file()
