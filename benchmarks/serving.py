@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -84,7 +85,9 @@ def in_project(script: str, project: Path, *args: str) -> dict:
     return json.loads(result["output"].strip().splitlines()[-1])
 
 
-def serving_latency(project: Path, photo: Path, requests_count: int) -> dict:
+@contextlib.contextmanager
+def served(project: Path):
+    """`mlflow models serve` of the champion on a free port: (url, start-up seconds)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -92,12 +95,11 @@ def serving_latency(project: Path, photo: Path, requests_count: int) -> dict:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     serve = [sys.executable, "-m", "mlflow", "models", "serve", "-m", CHAMPION, "-p", str(port)]
     serve += ["--env-manager", "local", "-h", "127.0.0.1"]
-    started = time.perf_counter()
+    started, url = time.perf_counter(), f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         serve, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
         while server.poll() is None:
             try:
@@ -107,17 +109,21 @@ def serving_latency(project: Path, photo: Path, requests_count: int) -> dict:
                 time.sleep(0.5)
         else:
             raise SystemExit(f"mlflow models serve exited with {server.returncode}")
-        startup = time.perf_counter() - started
-        payload = {"dataframe_records": [{"image": base64.b64encode(photo.read_bytes()).decode()}]}
-        latencies = []
+        yield url, time.perf_counter() - started
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server and its uvicorn worker
+        server.wait(timeout=60)
+
+
+def serving_latency(project: Path, photo: Path, requests_count: int) -> dict:
+    payload = {"dataframe_records": [{"image": base64.b64encode(photo.read_bytes()).decode()}]}
+    latencies = []
+    with served(project) as (url, startup):
         for i in range(requests_count + 3):
             sent = time.perf_counter()
             requests.post(f"{url}/invocations", json=payload, timeout=60).raise_for_status()
             if i >= 3:  # the first calls build TensorFlow's functions
                 latencies.append((time.perf_counter() - sent) * 1000)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
     latencies.sort()
     return {
         "startup_seconds": round(startup, 1),
