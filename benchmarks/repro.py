@@ -32,6 +32,15 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from projects import (  # noqa: E402
+    command_env,
+    dotted_patch,
+    make_project,
+    ran_stages,
+    update_params,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = ROOT.parent / "shared/data/dogs-vs-cats-6000.zip"
 BASE = "efficientnet_lite0"
@@ -60,7 +69,7 @@ METRICS = {
 
 def command(args: list[str], cwd: Path) -> dict:
     """Run a command to the end: wall seconds, peak RSS of its process tree, its output."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = command_env()
     started = time.perf_counter()
     process = subprocess.Popen(
         args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -76,56 +85,11 @@ def command(args: list[str], cwd: Path) -> dict:
     }
 
 
-def ran_stages(output: str) -> list[str]:
-    return [
-        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
-    ]
-
-
-def set_param(params: dict, dotted: str) -> None:
-    key, _, value = dotted.partition("=")
-    *parents, leaf = key.split(".")
-    for part in parents:
-        params = params.setdefault(part, {})
-    params[leaf] = yaml.safe_load(value)
-
-
-def edit_params(project: Path, *assignments: str) -> None:
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for assignment in assignments:
-        set_param(params, assignment)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def make_project(work: Path, archive: Path, overrides: list[str]) -> Path:
-    project = work / "project"
-    files = subprocess.run(
-        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for name in files:
-        if name.startswith(("tests/", "benchmarks/")) or not (ROOT / name).exists():
-            continue
-        (project / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, project / name)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["pretrained"]["bases"] = {BASE: params["pretrained"]["bases"][BASE]}  # the offline path
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    edit_params(project, f"data.source={archive.resolve()}", *overrides)
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "benchmark",
-        "GIT_AUTHOR_EMAIL": "benchmark@localhost",
-        "GIT_COMMITTER_NAME": "benchmark",
-        "GIT_COMMITTER_EMAIL": "benchmark@localhost",
-    }
-    for args in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "commit", "-qm", "benchmark"],
-    ):
-        subprocess.run(args, cwd=project, check=True, env=env)
-    return project
+def make_benchmark_project(work: Path, archive: Path, overrides: list[str]) -> Path:
+    """The tests' real project (tests/projects.py) with only the offline conv base."""
+    data = {"data": {"source": str(archive.resolve())}}
+    only_lite0 = {"pretrained": {"bases": {"vgg16": None}}}
+    return make_project(work / "project", data, only_lite0, dotted_patch(*overrides))
 
 
 def metrics_of(project: Path, name: str) -> dict:
@@ -154,9 +118,8 @@ def whole_repro(project: Path) -> dict:
 
 def head_only_change(project: Path, first: dict) -> dict:
     params = yaml.safe_load((project / "params.yaml").read_text())
-    edit_params(
-        project, f"train.features.learning_rate={params['train']['features']['learning_rate'] * 2}"
-    )
+    learning_rate = params["train"]["features"]["learning_rate"] * 2
+    update_params(project, {"train": {"features": {"learning_rate": learning_rate}}})
     result = command(["dvc", "repro"], project)
     base_seconds = first[f"{BASE}_seconds"]
     return {
@@ -174,7 +137,7 @@ def fast_path(project: Path, copies: int | None) -> dict:
     on_the_fly = metrics_of(project, name)
     params = yaml.safe_load((project / "params.yaml").read_text())
     copies = copies or params["train"]["frozen_aug"]["epochs"]
-    edit_params(project, f"train.frozen_aug.cached_copies={copies}")
+    update_params(project, {"train": {"frozen_aug": {"cached_copies": copies}}})
     result = command(
         [sys.executable, "-m", "pipeline", "train", "frozen_aug", "--base", BASE], project
     )
@@ -254,7 +217,7 @@ def main() -> None:
         raise SystemExit(f"{args.archive} not found: pass --archive")
 
     work = Path(tempfile.mkdtemp(prefix="benchmark-repro-"))
-    project = make_project(work, args.archive, args.overrides)
+    project = make_benchmark_project(work, args.archive, args.overrides)
     figures = {
         "machine": f"{os.uname().machine}, {os.cpu_count()} cores",
         "command_args": [f"-S {o}" for o in args.overrides],

