@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import requests
-from repro import DEFAULT_ARCHIVE, ROOT, command, make_project
+from repro import DEFAULT_ARCHIVE, ROOT, command, make_benchmark_project
 
 CHAMPION = "models:/dogs-vs-cats@champion"
 
@@ -166,7 +166,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="serving-benchmark-") as work:
-        project = make_project(Path(work), args.archive, [f"train.baseline.epochs={args.epochs}"])
+        epochs = f"train.baseline.epochs={args.epochs}"
+        project = make_benchmark_project(Path(work), args.archive, [epochs])
         command(["dvc", "repro", "baseline"], project)
         figures = {"archive": args.archive.name, "epochs": args.epochs}
         figures["baseline"] = in_project(LOG_AND_REGISTER, project)

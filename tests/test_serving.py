@@ -23,38 +23,23 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from conftest import make_project, run
 from PIL import Image
-from synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image, write_archive
+from projects import ONLY_VGG16, command_env, merge_patch, run, tiny_project
+from synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image
 
 NAME = "dogs-vs-cats"
 MODELS = ["baseline", "augmented", "features-vgg16", "frozen_aug-vgg16", "finetune-vgg16"]
-TINY = {"epochs": 3, "batch_size": 10, "steps_per_epoch": 0, "learning_rate": 1e-3}
-VGG16 = {"image_size": 48, "weights": "random", "pooling": "flatten"}
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving")
-    archive = write_archive(root / "sample.zip", per_class=50, size=64)
-    project = make_project(
-        root / "project",
-        {
-            "data": {"source": str(archive)},
-            "split": {"train": 30, "validation": 10, "test": 10},
-            "prepare": {"image_sizes": [48]},
-            "train": {
-                "baseline": {"image_size": 48, **TINY},
-                "augmented": {"image_size": 48, **TINY},
-                "features": TINY,
-                "frozen_aug": TINY,
-                "finetune": {**TINY, "epochs": 2, "learning_rate": 1e-5},
-            },
-            "pretrained": {
-                "bases": {"__replace__": True, "vgg16": {**VGG16, "finetune_from": "block5_conv1"}}
-            },
-        },
-    )
+    """tests/projects.py's tiny project with one conv base (VGG16, random weights) and one
+    image size, reproduced once."""
+    patch = {
+        "prepare": {"image_sizes": [48]},
+        "pretrained": {"bases": {"vgg16": {"image_size": 48}}},
+    }
+    project = tiny_project(tmp_path_factory.mktemp("serving"), merge_patch(ONLY_VGG16, patch))
     run(["dvc", "repro"], project)
     return project
 
@@ -177,8 +162,7 @@ def server(project):
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion"]
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    env = {**os.environ, **store_env(project)}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env = command_env(store_env(project))  # the venv's uvicorn on PATH
     log = open(project.parent / "serve.log", "w")  # noqa: SIM115 (closed at teardown)
     process = subprocess.Popen(command, stdout=log, stderr=log, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
