@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import typer
 
@@ -120,6 +121,30 @@ def report() -> None:
     from pipeline.report import report
 
     report(load_params())
+
+
+PhotoPaths = typer.Argument(
+    ..., metavar="PATH...", help="Photos (JPEG, PNG, WebP) or folders of them."
+)
+ModelOption = typer.Option(
+    "models:/dogs-vs-cats@champion", help="A models:/ URI or a local .keras file."
+)
+CsvOption = typer.Option(None, help="Also write file,label,p_dog,error rows to this CSV file.")
+BatchOption = typer.Option(32, min=1, help="Images per model call.")
+
+
+@stage
+def predict(
+    targets: list[Path] = PhotoPaths,
+    model: str = ModelOption,
+    csv: Path = CsvOption,
+    batch_size: int = BatchOption,
+) -> None:
+    """Cat or dog for photos: one line per image (file, label, P(dog)); exit 1 if any failed."""
+    from pipeline.predict import predict as predict_images
+
+    if predict_images(targets, model, csv, batch_size):
+        raise typer.Exit(1)
 
 
 def main() -> None:

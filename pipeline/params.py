@@ -134,6 +134,11 @@ class PretrainedParams(Section):
         return self
 
 
+class RegistryParams(Section):
+    # An MLflow registered model name, also a valid models:/ URI path segment.
+    model_name: str = Field(default="dogs-vs-cats", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 class Params(Section):
     data: DataParams
     split: SplitParams
@@ -141,6 +146,7 @@ class Params(Section):
     train: TrainParams
     augmentation: AugmentationParams
     pretrained: PretrainedParams
+    registry: RegistryParams = RegistryParams()
 
     @model_validator(mode="after")
     def _sizes_are_prepared(self) -> Params:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import plots, tracking
+from pipeline import plots, registry, tracking
 from pipeline.errors import PipelineError
 from pipeline.files import write_text
 from pipeline.params import Params
@@ -78,7 +78,8 @@ def report(params: Params) -> pd.DataFrame:
 
     table = progression_table(params)
     tracking.connect()
-    write_text(PROGRESSION_MD, markdown(table))
+    champion = registry.crown_champion(table, params.registry.model_name)
+    write_text(PROGRESSION_MD, markdown(table) + champion)
     plots.progression_chart(table, PROGRESSION_PNG)
     with mlflow.start_run(run_name="report", tags=tracking.run_tags("report", {})):
         mlflow.log_metrics(

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline import paths, plots, resume, runtime, tracking
+from pipeline import model_logging, paths, plots, resume, runtime, tracking
 from pipeline.data import CLASSES
 from pipeline.data.dataset import make_dataset
 from pipeline.files import atomic_path, save_keras, write_text
@@ -195,3 +195,4 @@ def write_and_log(job: Job, model, history: pd.DataFrame, metrics: dict, confusi
         mlflow.log_artifact(str(path))
     mlflow.log_artifacts(str(figures), "figures")
     mlflow.log_artifact(str(model_file), "model")
+    model_logging.log_model(job, model_file)  # the MLflow Model: takes photos, is registered

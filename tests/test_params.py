@@ -61,6 +61,8 @@ def test_bare_on_and_off_mean_the_switch_not_a_boolean(tmp_path):
             {"pretrained": {"bases": {"vgg16": {"pooling": "max"}}}},
             "pretrained.bases.vgg16.pooling",
         ),
+        ({"registry": {"model_name": "dogs/cats"}}, "registry.model_name: String should match"),
+        ({"registry": {"model_nme": "x"}}, "unknown key 'registry.model_nme': did you mean"),
     ],
 )
 def test_bad_params_are_one_clear_error(tmp_path, update, expected):

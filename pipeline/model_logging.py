@@ -1,0 +1,111 @@
+"""A trained model as an MLflow Model on its run (train.write_and_log calls `log_model`).
+
+What the run gains, beside the `.keras` file that stays a DVC output:
+- a logged model `classifier` (MLflow 3: its own entity, the runs list's Models column): the
+  pyfunc of pipeline/serving.py, which takes photos; for `features-<base>` (a head trained on
+  cached conv-base features) the model logged is conv base + head, so it takes photos too;
+- the split manifest as the run's input dataset (the Dataset column): name `split`, digest
+  = the split hash of the run's tags, source = data/split.csv, its DVC path;
+- the test and validation scores linked to the logged model (MLflow 3's log_model links
+  the run's step-0 metrics, which write_and_log has just logged).
+The report stage registers these models and picks the champion (pipeline/registry.py); it
+finds each one by the hash of its `.keras` file (tag `model_sha256`).
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from pipeline import paths, serving
+from pipeline.data.split import read_split
+from pipeline.files import sha256_of
+
+LOGGED_MODEL = "classifier"
+MODEL_HASH_TAG = "model_sha256"
+# What the pyfunc imports (the pipeline package travels with the model as its code).
+REQUIREMENTS = ("mlflow", "tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pillow")
+REQUIREMENTS += ("pydantic", "pyyaml")
+
+
+def log_model(job, model_file: Path) -> str:
+    """Log `model_file` (job's DVC output) as an MLflow Model on the active run, with the
+    run's input dataset; return the model id."""
+    import mlflow
+
+    # A stage run by hand where only data/prepared was pulled has no manifest: no dataset then.
+    split = read_split(paths.SPLIT_FILE) if paths.SPLIT_FILE.is_file() else None
+    if split is not None:
+        mlflow.log_input(split_dataset(split, job.tags["split_sha256"]), context="training")
+    image_size = int(job.tags["image_size"])
+    with tempfile.TemporaryDirectory() as tmp:
+        info = mlflow.pyfunc.log_model(
+            name=LOGGED_MODEL,
+            python_model=Path(serving.__file__).with_name("serving_entry.py"),
+            artifacts={serving.KERAS_ARTIFACT: str(_image_model(job, model_file, Path(tmp)))},
+            code_paths=[str(Path(serving.__file__).parent)],
+            signature=serving.signature(),
+            input_example=pd.DataFrame({serving.IMAGE: [_example_image(split, image_size)]}),
+            pip_requirements=_pinned(REQUIREMENTS),
+            metadata={"image_size": image_size},
+            tags={MODEL_HASH_TAG: sha256_of(model_file)[:16], "dvc.stage": job.stage},
+        )
+    print(f"logged MLflow model {info.model_uri} ({job.name})")
+    return info.model_id
+
+
+def split_dataset(split: pd.DataFrame, split_hash: str):
+    import mlflow
+
+    with warnings.catch_warnings():  # a relative path "can be interpreted in multiple ways"
+        warnings.simplefilter("ignore", UserWarning)
+        source = str(paths.SPLIT_FILE)
+        return mlflow.data.from_pandas(
+            split, source=source, targets="label", name="split", digest=split_hash
+        )
+
+
+def _image_model(job, model_file: Path, tmp: Path) -> Path:
+    """The model file to log: `model_file`, or for a head on features, conv base + head."""
+    if not job.name.startswith("features-"):
+        return model_file
+    import keras
+
+    from pipeline.models.pretrained import feature_extractor
+
+    base, image_size = job.tags["base"], int(job.tags["image_size"])
+    extractor = feature_extractor(
+        base, image_size, job.logged_params["pretrained"][base]["pooling"]
+    )
+    head = serving.load_keras(model_file)
+    model = keras.Model(extractor.input, head(extractor.output), name=f"{job.name}_on_images")
+    model.save(tmp / "model.keras")
+    return tmp / "model.keras"
+
+
+def _example_image(split: pd.DataFrame | None, image_size: int) -> bytes:
+    """The input example MLflow shows and checks the model with: the first test photo, or a
+    gray one where the manifest or its photos are not in the workspace."""
+    if split is not None:
+        first = Path(split.loc[split["split"] == "test", "path"].iloc[0])
+        if first.is_file():
+            return first.read_bytes()
+    buffer = io.BytesIO()
+    Image.new("RGB", (image_size, image_size), (128, 128, 128)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _pinned(names) -> list[str]:
+    pinned = []
+    for name in names:
+        try:
+            pinned.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:  # tensorflow or tensorflow-cpu, not both
+            continue
+    return pinned

@@ -1,0 +1,167 @@
+"""`python -m pipeline predict PATH...`: cat or dog for photos, with a registered or local model.
+
+One line per image on stdout (file, label, P(dog)); a file that is not a readable image
+gets its own `error:` line on stderr and the others are still predicted. Photos are decoded
+(EXIF orientation applied) in threads while the model predicts the previous batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import images, serving
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path
+
+PROGRESS_FROM = 200  # images: a progress bar (on stderr) from this many on
+
+
+@dataclass
+class Prediction:
+    file: str
+    label: str = ""
+    p_dog: float | None = None
+    error: str = ""
+
+    def line(self) -> str:
+        return f"{self.file}\t{self.label}\t{self.p_dog:.4f}"
+
+
+def predict(targets: Iterable[Path], model: str, csv_file: Path | None, batch_size: int) -> int:
+    """Predict every image under `targets`; write `csv_file` if given; return how many failed."""
+    files = image_files(targets)
+    return predict_files(files, load_classifier(model), csv_file, batch_size)
+
+
+def predict_files(files: list[Path], classifier, csv_file: Path | None, batch_size: int) -> int:
+    """`predict` with the files listed and the classifier (load_classifier) loaded."""
+    from tqdm import tqdm
+
+    image_size, p_dog = classifier
+    results = []
+    with tqdm(total=len(files), unit="img", disable=len(files) < PROGRESS_FROM) as bar:
+        for batch in _decoded_batches(files, image_size, batch_size):
+            results += _predict_batch(batch, p_dog, bar)
+            bar.update(len(batch))
+    if csv_file:
+        _write_csv(results, csv_file)
+    failed = sum(1 for r in results if r.error)
+    if failed:
+        print(f"error: {failed} of {len(results)} files are not readable images", file=sys.stderr)
+    return failed
+
+
+def image_files(targets: Iterable[Path]) -> list[Path]:
+    """Named files as given; folders: their JPEG, PNG and WebP files, recursively, sorted."""
+    files = []
+    for target in targets:
+        if target.is_dir():
+            found = (p for p in sorted(target.rglob("*")) if p.is_file())
+            files += [p for p in found if p.suffix.lower() in images.IMAGE_SUFFIXES]
+        else:
+            files.append(target)  # missing or unreadable: its own error line later
+    if not files:
+        named = ", ".join(map(str, targets))
+        raise PipelineError(f"no JPEG, PNG or WebP files in {named}")
+    return files
+
+
+def load_classifier(model: str):
+    """(image size, pixels -> P(dog)) of a models:/ URI or a local .keras file."""
+    if model.endswith(".keras"):
+        return _local_classifier(Path(model))
+    pyfunc = _load_registered(model)
+    size = int(pyfunc.metadata.metadata["image_size"])
+
+    def p_dog(pixels: np.ndarray) -> np.ndarray:
+        import pandas as pd
+
+        frame = pd.DataFrame({serving.PIXELS: list(pixels)})
+        return pyfunc.predict(frame)["p_dog"].to_numpy()
+
+    return size, p_dog
+
+
+def _local_classifier(path: Path):
+    if not path.is_file():
+        raise PipelineError(f"--model {path}: no such file")
+    keras_model = serving.load_keras(path)
+    if len(keras_model.input_shape) != 4:
+        raise PipelineError(
+            f"--model {path} takes conv-base features, not photos (a features-<base> head); "
+            "use its registered version instead: --model models:/dogs-vs-cats/<version>"
+        )
+    size = serving.input_size(keras_model)
+    return size, lambda pixels: serving.classify(keras_model, pixels)["p_dog"].to_numpy()
+
+
+def _load_registered(uri: str):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import tracking
+
+    store = tracking.tracking_uri()
+    missing = f"--model {uri}: not found in the MLflow store {store}"
+    # A store that does not exist yet: say so, rather than create an empty one here.
+    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():
+        raise PipelineError(f"{missing}; run `dvc repro` to train and register the models")
+    mlflow.set_tracking_uri(store)
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except MlflowException as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise PipelineError(
+            f"{missing} ({reason}); run `dvc repro` to train and register the models"
+        ) from None
+
+
+def _decoded_batches(files: list[Path], image_size: int, batch_size: int):
+    """Batches of (file, pixels or UnreadableImage); the next batch decodes meanwhile."""
+
+    def decode(path: Path):
+        try:
+            return path, images.decode(path, image_size)
+        except images.UnreadableImage as exc:
+            return path, exc
+
+    batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    with ThreadPoolExecutor() as pool:
+        pending = [pool.submit(decode, path) for path in batches[0]]
+        for i in range(len(batches)):
+            current = pending
+            if i + 1 < len(batches):
+                pending = [pool.submit(decode, path) for path in batches[i + 1]]
+            yield [future.result() for future in current]
+
+
+def _predict_batch(batch, p_dog, bar) -> list[Prediction]:
+    readable = [pixels for _, pixels in batch if isinstance(pixels, np.ndarray)]
+    scores = p_dog(np.stack(readable)) if readable else np.empty(0)
+    predicted = iter(zip(serving.labels(scores), scores, strict=True))
+    results = []
+    for path, pixels in batch:
+        if isinstance(pixels, images.UnreadableImage):
+            results.append(Prediction(str(path), error=str(pixels)))
+            bar.write(f"error: {path}: {pixels}", file=sys.stderr)
+            continue
+        label, score = next(predicted)
+        results.append(Prediction(str(path), str(label), float(score)))
+        bar.write(results[-1].line(), file=sys.stdout)
+    return results
+
+
+def _write_csv(results: list[Prediction], csv_file: Path) -> None:
+    with atomic_path(csv_file) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "label", "p_dog", "error"])
+        for r in results:
+            writer.writerow([r.file, r.label, "" if r.p_dog is None else f"{r.p_dog:.6f}", r.error])
+    print(f"wrote {csv_file}", file=sys.stderr)

@@ -1,0 +1,107 @@
+"""The MLflow Model of a trained classifier: photos in, the label and P(dog) out.
+
+`mlflow.pyfunc.load_model(uri).predict(frame)`, `mlflow models serve` and `python -m pipeline
+predict` all run `ImageClassifier.predict` on a DataFrame with one of two columns:
+  image   the bytes of a JPEG, PNG or WebP file (in a JSON request: base64 strings, which
+          MLflow decodes for a binary column, as in MLflow's examples/flower_classifier)
+  pixels  an (H, W, 3) array of [0, 255] RGB values per image, any size
+and it returns one row per image: `label` ("cat" | "dog") and `p_dog`. Images are decoded
+and resized as the prepare stage does it, after applying their EXIF orientation
+(pipeline/images.py); the Keras model carries the rest of its preprocessing.
+
+The Keras model needs the pipeline's custom layers: the MLflow Model holds the `pipeline`
+package as its code (code_paths), so a fresh process loads it without any import by hand.
+Input that is not an image is an MlflowException with INVALID_PARAMETER_VALUE: HTTP 400
+from the scoring server, with the row and the reason, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types.schema import AnyType, ColSpec, Schema
+from PIL import Image
+
+from pipeline.data import CLASSES
+from pipeline.images import UnreadableImage, decode
+
+KERAS_ARTIFACT = "keras_model"
+IMAGE, PIXELS = "image", "pixels"
+BATCH = 32
+
+
+def signature() -> ModelSignature:
+    # `pixels` is AnyType: MLflow's Array type checks every value in Python (30 s a batch).
+    inputs = Schema(
+        [ColSpec("binary", IMAGE, required=False), ColSpec(AnyType(), PIXELS, required=False)]
+    )
+    return ModelSignature(inputs, Schema([ColSpec("string", "label"), ColSpec("double", "p_dog")]))
+
+
+class ImageClassifier(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        self.model = load_keras(context.artifacts[KERAS_ARTIFACT])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return classify(self.model, pixels_of(model_input, input_size(self.model)))
+
+
+def load_keras(path):
+    import keras
+
+    import pipeline.models  # noqa: F401  (registers the custom layers)
+
+    return keras.saving.load_model(path, compile=False)
+
+
+def input_size(model) -> int:
+    return int(model.input_shape[1])
+
+
+def classify(model, pixels: np.ndarray) -> pd.DataFrame:
+    """P(dog) of a uint8 batch, in chunks (predict_on_batch: no tf.data setup per request)."""
+    chunks = [model.predict_on_batch(pixels[i : i + BATCH]) for i in range(0, len(pixels), BATCH)]
+    p_dog = np.concatenate(chunks).ravel().astype(np.float64) if chunks else np.empty(0)
+    return pd.DataFrame({"label": labels(p_dog), "p_dog": p_dog})
+
+
+def labels(p_dog: np.ndarray) -> np.ndarray:
+    return np.where(p_dog > 0.5, CLASSES[1], CLASSES[0])  # as evaluate() counts a dog
+
+
+def pixels_of(frame, image_size: int) -> np.ndarray:
+    """The (N, size, size, 3) uint8 batch of an `image` or `pixels` column."""
+    columns = set(getattr(frame, "columns", ()))
+    if not columns & {IMAGE, PIXELS}:
+        raise _invalid(
+            f"expected a column {IMAGE!r} (JPEG, PNG or WebP file bytes; base64 in JSON) "
+            f"or {PIXELS!r} (H x W x 3 arrays of 0-255), got {sorted(map(str, columns))}"
+        )
+    column = IMAGE if IMAGE in columns else PIXELS
+    batch = np.empty((len(frame), image_size, image_size, 3), np.uint8)
+    for row, value in enumerate(frame[column]):
+        try:
+            batch[row] = (decode if column == IMAGE else resize)(value, image_size)
+        except UnreadableImage as exc:
+            raise _invalid(f"row {row}: {exc}; send JPEG, PNG or WebP file bytes") from None
+    return batch
+
+
+def resize(pixels, image_size: int) -> np.ndarray:
+    """An (H, W, 3) array of [0, 255] values at the model's size, resized as decode() does."""
+    array = np.asarray(pixels)
+    if array.ndim != 3 or array.shape[-1] != 3 or 0 in array.shape:
+        raise UnreadableImage(f"pixels of shape {array.shape} are not an H x W x 3 image")
+    if not np.issubdtype(array.dtype, np.number) or array.min() < 0 or array.max() > 255:
+        raise UnreadableImage("pixel values must lie in [0, 255]")
+    array = np.rint(array).astype(np.uint8)
+    if array.shape[:2] == (image_size, image_size):
+        return array
+    return np.asarray(Image.fromarray(array).resize((image_size, image_size), Image.BILINEAR))
+
+
+def _invalid(message: str) -> MlflowException:
+    return MlflowException.invalid_parameter_value(message)

@@ -1,0 +1,296 @@
+"""Trained models you can use: MLflow Models, the registry's champion, `predict`, a served model.
+
+One tiny learnable project (synthetic photos; VGG16 with random weights) trained by a real
+`dvc repro` with a real MLflow store; every test reads it. The model is loaded in fresh
+processes and served by a real `mlflow models serve` on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from PIL import Image
+from projects import ONLY_VGG16, command_env, merge_patch, run, tiny_project
+from synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image
+
+NAME = "dogs-vs-cats"
+MODELS = ["baseline", "augmented", "features-vgg16", "frozen_aug-vgg16", "finetune-vgg16"]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """tests/projects.py's tiny project with one conv base (VGG16, random weights) and one
+    image size, reproduced once."""
+    patch = {
+        "prepare": {"image_sizes": [48]},
+        "pretrained": {"bases": {"vgg16": {"image_size": 48}}},
+    }
+    project = tiny_project(tmp_path_factory.mktemp("serving"), merge_patch(ONLY_VGG16, patch))
+    run(["dvc", "repro"], project)
+    return project
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Held-out photos (a seed the training archive did not use) in the three formats, and
+    their labels."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng, labels = np.random.default_rng(99), {}
+    for i in range(12):
+        for label in ("cat", "dog"):
+            path = folder / f"{label}{i}.{('jpg', 'png', 'webp')[i % 3]}"
+            synthetic_image(label, 64, rng).save(path)
+            labels[path.name] = label
+    return folder, labels
+
+
+def client_of(project):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+def store_env(project) -> dict:
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+
+
+@pytest.mark.slow
+def test_every_model_is_a_version_and_champion_is_the_best_on_validation(project):
+    client = client_of(project)
+    versions = client.search_model_versions(f"name = '{NAME}'")
+    by_model = {v.tags["model"]: v for v in versions}
+    assert sorted(by_model) == sorted(MODELS) and len(versions) == len(MODELS)
+    runs = {r.info.run_id: r for r in client.search_runs([_exp(client).experiment_id])}
+    for model, version in by_model.items():
+        source_run = runs[version.tags["run_id"]]
+        assert source_run.info.run_name == model
+        for tag in ("dvc.stage", "git.commit", "split_sha256", "pipeline.repro_id"):
+            assert version.tags[tag] == source_run.data.tags[tag]
+    val = {m: json.loads((project / f"reports/metrics/{m}.json").read_text()) for m in MODELS}
+    best = max(v["best_val_accuracy"] for v in val.values())
+    expected = next(m for m in MODELS if val[m]["best_val_accuracy"] == best)  # book order
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert champion.tags["model"] == expected
+    assert f"**{expected}**" in (project / "reports/progression.md").read_text()
+
+
+def _exp(client):
+    return client.get_experiment_by_name("dogs-vs-cats")
+
+
+@pytest.mark.slow
+def test_runs_have_a_logged_model_and_the_split_as_input_dataset(project):
+    client = client_of(project)
+    experiment = _exp(client)
+    runs = client.search_runs([experiment.experiment_id], "attributes.run_name != 'report'")
+    assert sorted(r.info.run_name for r in runs) == sorted(MODELS)
+    for run_ in runs:
+        (dataset_input,) = run_.inputs.dataset_inputs
+        dataset = dataset_input.dataset
+        assert (dataset.name, dataset.digest) == ("split", run_.data.tags["split_sha256"])
+        assert json.loads(dataset.source) == {"uri": "data/split.csv"}
+        (logged,) = client.search_logged_models(
+            [experiment.experiment_id], filter_string=f"source_run_id = '{run_.info.run_id}'"
+        )
+        assert logged.name == "classifier"
+        linked = {m.key: m.value for m in logged.metrics}
+        for key in ("test_accuracy", "best_val_accuracy"):
+            assert linked[key] == run_.data.metrics[key]
+
+
+LOAD_AND_PREDICT = """
+import json, sys
+from pathlib import Path
+import mlflow, numpy as np, pandas as pd
+photos, project, features_uri = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+assert "pipeline" not in sys.modules
+champion = mlflow.pyfunc.load_model("models:/dogs-vs-cats@champion")
+files = sorted(photos.iterdir())
+answer = champion.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
+# The features model is conv base + head: on photos it matches the head on cached features.
+features_model = mlflow.pyfunc.load_model(features_uri)
+with np.load(project / "data/prepared/48px/test.npz") as arrays:
+    served = features_model.predict(pd.DataFrame({"pixels": list(arrays["images"])}))
+import keras
+head = keras.saving.load_model(project / "models/features-vgg16.keras")
+with np.load(project / "data/features/vgg16/test.npz") as arrays:
+    direct = head.predict(arrays["features"], verbose=0).ravel()
+print(json.dumps({
+    "labels": dict(zip([f.name for f in files], answer["label"])),
+    "p_dog": answer["p_dog"].tolist(),
+    "features_gap": float(np.abs(served["p_dog"].to_numpy() - direct).max()),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_pyfunc_loads_in_a_fresh_process_and_predicts_held_out_photos(project, photos, tmp_path):
+    folder, labels = photos
+    features = client_of(project).search_model_versions(f"name = '{NAME}'")
+    (features_version,) = [v for v in features if v.tags["model"] == "features-vgg16"]
+    result = run(
+        [sys.executable, "-c", LOAD_AND_PREDICT, str(folder), str(project),
+         f"models:/{NAME}/{features_version.version}"],
+        tmp_path,  # not the project: nothing there to import from
+        env=store_env(project),
+    )  # fmt: skip
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    correct = [answer["labels"][name] == label for name, label in labels.items()]
+    assert np.mean(correct) >= 0.8, answer  # chance is 0.5
+    assert all(0 <= p <= 1 for p in answer["p_dog"])
+    assert answer["features_gap"] < 1e-4
+
+
+@pytest.fixture(scope="module")
+def server(project):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion"]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    env = command_env(store_env(project))  # the venv's uvicorn on PATH
+    log = open(project.parent / "serve.log", "w")  # noqa: SIM115 (closed at teardown)
+    process = subprocess.Popen(command, stdout=log, stderr=log, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(url, process, project.parent / "serve.log")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # the server and its uvicorn worker
+        process.wait(timeout=30)
+        log.close()
+
+
+def _wait_until_up(url: str, process, log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"mlflow models serve exited:\n{log.read_text()}")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"mlflow models serve not up after {timeout} s:\n{log.read_text()}")
+
+
+def _post_image(url: str, data: bytes) -> requests.Response:
+    payload = {"dataframe_records": [{"image": base64.b64encode(data).decode()}]}
+    return requests.post(f"{url}/invocations", json=payload, timeout=60)
+
+
+@pytest.mark.slow
+def test_served_model_answers_jpeg_and_rejects_garbage(server):
+    rng = np.random.default_rng(5)
+    dog = _post_image(server, jpeg_bytes(synthetic_image("dog", 64, rng)))
+    assert dog.status_code == 200, dog.text
+    (answer,) = dog.json()["predictions"]
+    assert answer["label"] == "dog" and answer["p_dog"] > 0.5
+
+    garbage = _post_image(server, b"this is not a photo")
+    assert 400 <= garbage.status_code < 500
+    assert "row 0: not a readable image" in garbage.json()["message"]
+    not_json = requests.post(
+        f"{server}/invocations", data=b"\xff\xd8garbage", timeout=60,
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    assert 400 <= not_json.status_code < 500
+
+    cat = _post_image(server, jpeg_bytes(synthetic_image("cat", 64, rng)))  # still serving
+    assert cat.status_code == 200 and cat.json()["predictions"][0]["label"] == "cat"
+
+
+@pytest.mark.slow
+def test_predict_a_folder_with_a_corrupt_file(project, photos, tmp_path):
+    folder, labels = photos
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in labels:
+        (mixed / name).write_bytes((folder / name).read_bytes())
+    (mixed / "broken.jpg").write_bytes(corrupt_jpeg())
+    (mixed / "notes.txt").write_text("not a photo, not a photo name: skipped")
+    result = run(
+        [sys.executable, "-m", "pipeline", "predict", str(mixed), "--csv", str(tmp_path / "p.csv")],
+        project,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2  # the file's own line, and the count at the end
+    assert errors[0].startswith(f"error: {mixed / 'broken.jpg'}: not a readable image (")
+    lines = [line.split("\t") for line in result.stdout.splitlines() if "\t" in line]
+    assert sorted(Path(file).name for file, _, _ in lines) == sorted(labels)
+    assert np.mean([labels[Path(f).name] == label for f, label, _ in lines]) >= 0.8
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert len(table) == len(labels) + 1
+    assert table["error"].notna().sum() == 1
+
+
+def test_predict_with_no_champion_says_to_run_dvc_repro(tmp_path):
+    (tmp_path / "cat.jpg").write_bytes(
+        jpeg_bytes(synthetic_image("cat", 64, np.random.default_rng(1)))
+    )
+    result = run([sys.executable, "-m", "pipeline", "predict", "cat.jpg"], tmp_path, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("run `dvc repro` to train and register the models")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow.db").exists()  # no empty store made on the way
+
+
+def test_decode_applies_exif_orientation():
+    from pipeline.images import decode
+
+    rng = np.random.default_rng(3)
+    upright = Image.fromarray(rng.integers(0, 255, (40, 24, 3), dtype=np.uint8)).resize((80, 48))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a phone stores a portrait shot
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    stored.save(buffer, format="PNG", exif=exif)
+    plain = io.BytesIO()
+    upright.save(plain, format="PNG")
+    np.testing.assert_array_equal(decode(buffer.getvalue(), 32), decode(plain.getvalue(), 32))
+
+
+def test_pixels_and_bad_input_of_the_pyfunc():
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.serving import pixels_of
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 20, 30, 3))
+    batch = pixels_of(pd.DataFrame({"pixels": list(pixels)}), 16)
+    assert batch.shape == (2, 16, 16, 3) and batch.dtype == np.uint8
+    for frame, message in [
+        (pd.DataFrame({"image": [b"junk"]}), "row 0: not a readable image"),
+        (pd.DataFrame({"pixels": [np.zeros((4, 4))]}), "row 0: pixels of shape (4, 4)"),
+        (pd.DataFrame({"photo": [b"x"]}), "expected a column 'image'"),
+    ]:
+        with pytest.raises(MlflowException, match=re.escape(message)) as info:
+            pixels_of(frame, 16)
+        assert info.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+@pytest.mark.slow
+def test_dvc_yaml_declares_the_models_as_artifacts(project):
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        artifacts = repo.artifacts.read()["dvc.yaml"]
+    for model in MODELS:
+        assert artifacts[model].type == "model"
+        assert (project / artifacts[model].path).is_file()
