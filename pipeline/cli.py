@@ -127,7 +127,9 @@ PhotoPaths = typer.Argument(
     ..., metavar="PATH...", help="Photos (JPEG, PNG, WebP) or folders of them."
 )
 ModelOption = typer.Option(
-    "models:/dogs-vs-cats@champion", help="A models:/ URI or a local .keras file."
+    None,
+    help="A models:/ URI or a local .keras file. "
+    "Default: models:/<registry.model_name>@champion (dogs-vs-cats).",
 )
 CsvOption = typer.Option(None, help="Also write file,label,p_dog,error rows to this CSV file.")
 BatchOption = typer.Option(32, min=1, help="Images per model call.")
@@ -143,6 +145,7 @@ def predict(
     """Cat or dog for photos: one line per image (file, label, P(dog)); exit 1 if any failed."""
     from pipeline.predict import predict as predict_images
 
+    model = model or f"models:/{load_params().registry.model_name}@champion"
     if predict_images(targets, model, csv, batch_size):
         raise typer.Exit(1)
 

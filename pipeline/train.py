@@ -194,5 +194,5 @@ def write_and_log(job: Job, model, history: pd.DataFrame, metrics: dict, confusi
     for path in (history_file, metrics_file):
         mlflow.log_artifact(str(path))
     mlflow.log_artifacts(str(figures), "figures")
-    mlflow.log_artifact(str(model_file), "model")
-    model_logging.log_model(job, model_file)  # the MLflow Model: takes photos, is registered
+    # The model goes once, as an MLflow Model (it holds the .keras): it takes photos.
+    model_logging.log_model(job, model_file)
