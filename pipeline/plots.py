@@ -16,7 +16,8 @@ from pipeline.io import atomic_path
 
 def _save(fig, out: Path) -> None:
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        # No "Software" stamp: the bytes depend on the figure only, not on the matplotlib build.
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
 
 

@@ -52,7 +52,6 @@ def progression_table(params: Params, metrics_dir: Path = METRICS_DIR) -> pd.Dat
                 "book": BOOK[model][0],
                 "book_measure": BOOK[model][1],
                 "epochs": metrics["epochs"],
-                "train_seconds": metrics["train_seconds"],
             }
         )
     return pd.DataFrame(rows)
@@ -65,13 +64,13 @@ def markdown(table: pd.DataFrame) -> str:
         "Deep Learning with Python (1st ed., ch. 5) reproduced by `dvc repro`; the book's",
         "numbers are for VGG16 and are mostly validation accuracy (its column says which).",
         "",
-        "| model | base | test accuracy | best validation accuracy | book | book's measure | epochs | training seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | base | test accuracy | best validation accuracy | book | book's measure | epochs |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in table.itertuples():
         lines.append(
             f"| {row.model} | {row.base} | {row.test_accuracy:.4f} | {row.best_val_accuracy:.4f} | "
-            f"{row.book:.3f} | {row.book_measure} | {row.epochs} | {row.train_seconds:.0f} |"
+            f"{row.book:.3f} | {row.book_measure} | {row.epochs} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -3,6 +3,8 @@
 Outputs of a run named NAME (all written atomically):
   models/NAME.keras                  the trained model (raw [0, 255] pixels in)
   reports/metrics/NAME.json          test and validation scores (`dvc metrics show`)
+  reports/details/NAME.json          what was trained on what, the test confusion matrix
+  reports/timing/NAME.json           training seconds (not a DVC output: see run_record.py)
   reports/history/NAME.csv           loss and accuracy per epoch (`dvc plots show`)
   reports/figures/NAME/*.png         learning curves and the test confusion matrix
 and one MLflow run NAME with the same numbers, the params, the tags and these files.
@@ -24,12 +26,12 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline import plots, tracking
+from pipeline import plots, run_record, tracking
 from pipeline.data.dataset import make_dataset
 from pipeline.data.download import CLASSES
-from pipeline.errors import PipelineError
-from pipeline.io import atomic_path, write_text
-from pipeline.project import CHECKPOINTS_DIR, FIGURES_DIR, HISTORY_DIR, METRICS_DIR, MODELS_DIR
+from pipeline.io import atomic_path
+from pipeline.model_io import save_model_deterministically
+from pipeline.project import CHECKPOINTS_DIR, FIGURES_DIR, HISTORY_DIR, MODELS_DIR
 
 
 @dataclass
@@ -220,13 +222,15 @@ def run(job: Job, params) -> dict:
             test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
             predicted = (model.predict(test_ds, verbose=0).ravel() > 0.5).astype(int)
             history = pd.DataFrame(recorder.rows)
-            metrics = _summarise(history, test_loss, test_accuracy, train_seconds)
-            mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            metrics = run_record.scores(history, test_loss, test_accuracy)
+            seconds = run_record.timing(history, train_seconds)
+            mlflow.log_metrics({**metrics, **seconds})
             _write_outputs(
                 job,
                 job.export(model) if job.export else model,
                 history,
                 metrics,
+                seconds,
                 _confusion(y_test.ravel().astype(int), predicted),
             )
         except KeyboardInterrupt:
@@ -244,22 +248,6 @@ def _count(weights) -> int:
     return int(sum(np.prod(w.shape) for w in weights))
 
 
-def _summarise(
-    history: pd.DataFrame, test_loss: float, test_accuracy: float, seconds: float
-) -> dict:
-    val_accuracy = history["val_accuracy"]
-    return {
-        "test_accuracy": round(float(test_accuracy), 4),
-        "test_loss": round(float(test_loss), 4),
-        "best_val_accuracy": round(float(val_accuracy.max()), 4),
-        "best_epoch": int(val_accuracy.idxmax()) + 1,
-        "final_val_accuracy": round(float(val_accuracy.iloc[-1]), 4),
-        "epochs": len(history),
-        "train_seconds": round(seconds, 1),
-        "seconds_per_epoch": round(seconds / len(history), 2),
-    }
-
-
 def _confusion(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     matrix = np.zeros((2, 2), dtype=int)
     np.add.at(matrix, (truth, predicted), 1)
@@ -267,36 +255,24 @@ def _confusion(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 def _write_outputs(
-    job: Job, model: keras.Model, frame: pd.DataFrame, metrics: dict, confusion: np.ndarray
+    job: Job,
+    model: keras.Model,
+    frame: pd.DataFrame,
+    metrics: dict,
+    seconds: dict,
+    confusion: np.ndarray,
 ) -> None:
     import mlflow
 
-    metrics_file = METRICS_DIR / f"{job.name}.json"
     history_file = HISTORY_DIR / f"{job.name}.csv"
     figures = FIGURES_DIR / job.name
     model_file = MODELS_DIR / f"{job.name}.keras"
 
     # The model first: if it cannot be written, the reports keep their last good numbers.
-    model_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp_model = model_file.with_name(f".{model_file.stem}.tmp.keras")  # Keras wants the suffix
-    try:
-        model.save(tmp_model)
-        tmp_model.replace(model_file)
-    except OSError as exc:
-        raise PipelineError(
-            f"cannot write {model_file}: {exc.strerror or exc} ({exc.filename})"
-        ) from None
-    finally:
-        tmp_model.unlink(missing_ok=True)
-    record = {
-        "model": job.name,
-        **{k: str(v) for k, v in job.tags.items()},
-        **metrics,
-        "confusion_matrix": confusion.tolist(),
-    }
-    write_text(metrics_file, json.dumps(record, indent=2) + "\n")
+    save_model_deterministically(model, model_file)
+    metrics_file = run_record.write(job.name, job.tags, metrics, seconds, confusion)
     with atomic_path(history_file) as tmp:
-        frame.round(5).to_csv(tmp, index=False)
+        run_record.without_timing(frame).round(5).to_csv(tmp, index=False)
     plots.learning_curves(
         frame, f"{job.name}: test accuracy {metrics['test_accuracy']:.3f}", figures / "curves.png"
     )

@@ -1,0 +1,62 @@
+"""Saving a Keras model so that the same weights always give the same bytes.
+
+A `.keras` file is a zip: `metadata.json` (with the save date), `config.json` and
+`model.weights.h5`. Keras stamps the date into the metadata and the current time into the
+weights' zip entry, so two saves of identical weights differ, and DVC sees a new model on
+every rerun (a new cache entry, a changed dvc.lock, downstream stages rerun). Here the
+model is saved by Keras to a temporary file, then copied entry by entry into the final zip
+with names sorted, one fixed timestamp and a fixed `date_saved`. The HDF5 weights file
+itself carries no timestamps (h5py does not track object times by default), so its bytes
+depend on the weights only. Written atomically: a failed save leaves the old model.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_path
+
+# The earliest date a zip entry can hold; used for every entry and for `date_saved`.
+FIXED_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+FIXED_DATE_SAVED = "1980-01-01@00:00:00"
+
+
+def save_model_deterministically(model, path: Path | str) -> Path:
+    """Save `model` to `path` (a `.keras` file) with bytes that depend on the model only."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as tmp:
+            raw = Path(tmp) / path.name  # Keras wants the .keras suffix
+            model.save(raw)
+            with atomic_path(path) as out:
+                normalise_keras_zip(raw, out)
+    except OSError as exc:
+        raise PipelineError(
+            f"cannot write {path}: {exc.strerror or exc} ({exc.filename})"
+        ) from None
+    return path
+
+
+def normalise_keras_zip(source: Path, target: Path) -> None:
+    """Copy the zip `source` to `target`: sorted entries, fixed dates, fixed `date_saved`."""
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w") as zout:
+        for info in sorted(zin.infolist(), key=lambda i: i.filename):
+            data = zin.read(info)
+            if info.filename == "metadata.json":
+                data = _fixed_metadata(data)
+            entry = zipfile.ZipInfo(info.filename, date_time=FIXED_ZIP_DATE)
+            entry.compress_type = info.compress_type
+            entry.external_attr = 0o644 << 16  # rw-r--r--, whatever the umask was
+            zout.writestr(entry, data)
+
+
+def _fixed_metadata(data: bytes) -> bytes:
+    metadata = json.loads(data)
+    if "date_saved" in metadata:  # kept, as Keras' file editor reads it
+        metadata["date_saved"] = FIXED_DATE_SAVED
+    return json.dumps(metadata, sort_keys=True).encode()
