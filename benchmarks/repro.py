@@ -129,7 +129,7 @@ def make_project(work: Path, archive: Path, overrides: list[str]) -> Path:
 
 
 def metrics_of(project: Path, name: str) -> dict:
-    return json.loads((project / f"reports/metrics/{name}.json").read_text())
+    return json.loads((project / f"reports/metrics/{name}.json").read_text())[name]
 
 
 def timing_of(project: Path, name: str) -> dict:

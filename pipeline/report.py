@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +11,7 @@ from pipeline.errors import PipelineError
 from pipeline.io import write_text
 from pipeline.params import Params
 from pipeline.project import METRICS_DIR
+from pipeline.run_record import read_metrics
 
 PROGRESSION_MD = Path("reports/progression.md")
 PROGRESSION_PNG = Path("reports/progression.png")
@@ -42,7 +42,7 @@ def progression_table(params: Params, metrics_dir: Path = METRICS_DIR) -> pd.Dat
             raise PipelineError(
                 f"{path} not found; run `dvc repro` so every model is trained first"
             )
-        metrics = json.loads(path.read_text())
+        metrics = read_metrics(path)
         rows.append(
             {
                 "model": run_name,

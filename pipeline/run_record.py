@@ -1,7 +1,10 @@
 """What a training run writes about itself besides the model, each kind in a file of its own.
 
-- `reports/metrics/NAME.json`: numbers only (scores, epochs), the DVC metrics, so
-  `dvc metrics show` and `dvc exp show` list scores and nothing else.
+- `reports/metrics/NAME.json`: numbers only (scores, epochs) under the key NAME, the DVC
+  metrics, so `dvc metrics show` and `dvc exp show` list scores and nothing else. The key
+  makes every column name unique (`baseline.test_accuracy`): DVC then leaves out the file
+  path it otherwise puts in front of each column (`reports/metrics/baseline.json:...`).
+  Read them with `read_metrics`.
 - `reports/details/NAME.json`: what was trained on what (model, base, image size, seed,
   split hash) and the test confusion matrix; a plain DVC output, not a metric.
 - `reports/timing/NAME.json`: training seconds. Not a DVC output and git-ignored: timing
@@ -58,5 +61,11 @@ def write(name: str, tags: dict, metrics: dict, seconds: dict, confusion: np.nda
     write_text(DETAILS_DIR / f"{name}.json", json.dumps(details, indent=2) + "\n")
     write_text(TIMING_DIR / f"{name}.json", json.dumps(seconds, indent=2) + "\n")
     metrics_file = METRICS_DIR / f"{name}.json"
-    write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
+    write_text(metrics_file, json.dumps({name: metrics}, indent=2) + "\n")
     return metrics_file
+
+
+def read_metrics(path: Path | str) -> dict:
+    """The scores of one run from its metrics file (reports/metrics/NAME.json)."""
+    path = Path(path)
+    return json.loads(path.read_text())[path.stem]

@@ -263,7 +263,7 @@ def test_queued_sweep_runs_in_parallel_into_one_mlflow_store(project):
         assert float(rows[name]["train.baseline.learning_rate"]) == float(
             run_.data.params["train.baseline.learning_rate"]
         )
-        assert float(rows[name]["test_accuracy"]) == run_.data.metrics["test_accuracy"]
+        assert float(rows[name]["baseline.test_accuracy"]) == run_.data.metrics["test_accuracy"]
 
 
 def test_shared_tracking_server_and_unreachable_server(project, mlflow_server):
