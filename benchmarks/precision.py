@@ -36,6 +36,7 @@ def train_baseline(project: Path, switch: str) -> tuple[dict, pd.DataFrame]:
         **{k: metrics_of(project, "baseline")[k] for k in ("test_accuracy", "best_val_accuracy")},
         "final_val_accuracy": round(float(history["val_accuracy"].iloc[-1]), 4),
         "seconds_per_epoch": timing_of(project, "baseline")["seconds_per_epoch"],
+        "load_average_5min": round(os.getloadavg()[1], 1),  # others on the cores slow it down
     }
     print(switch, row, flush=True)
     return row, history
@@ -50,13 +51,15 @@ def markdown(figures: dict) -> str:
         f"{figures['seed']}, the book's split. `mixed_precision: auto` here: "
         f"{figures['auto'][0]} ({figures['auto'][1]}).",
         "",
-        "| mixed_precision | s/epoch | test accuracy | best validation | final validation |",
-        "| --- | --- | --- | --- | --- |",
+        "| mixed_precision | s/epoch | test accuracy | best validation | final validation "
+        "| load average (5 min, at the end) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for switch, r in figures["runs"].items():
         lines.append(
             f"| {switch} ({PRECISIONS[switch]}) | {r['seconds_per_epoch']} | {r['test_accuracy']} | "
-            f"{r['best_val_accuracy']} | {r['final_val_accuracy']} |"
+            f"{r['best_val_accuracy']} | {r['final_val_accuracy']} | "
+            f"{r.get('load_average_5min', '')} |"
         )
     lines += [
         "",
