@@ -9,7 +9,9 @@ In one run, on this machine, on the real images:
    arrays, tf.data gather + prefetch) against a plain Keras reference that reads the JPEGs
    from folders with keras.utils.image_dataset_from_directory every epoch, with the same
    model, augmentation and batch size; and ours with bfloat16 mixed precision. The reference
-   augments with Keras 3's stock layers (one resampling each), ours with one affine map;
+   augments with Keras 3's stock layers (one resampling each), ours with one affine map.
+   "default" is what `mixed_precision: auto` picks on this machine (pipeline/precision.py):
+   its ratio to plain Keras is what a user gets without touching a setting;
 3. images per second of conv-base feature extraction (VGG16, EfficientNet-Lite0) and of
    baseline training, as a fraction of the FLOP limit: model FLOPs per image x images/s
    over the rate a large float32 matmul reaches here, measured in the same run.
@@ -149,6 +151,7 @@ def epoch_times(work: Path, steps: int) -> dict:
     import keras
     import pandas as pd
 
+    from pipeline import precision
     from pipeline.data.dataset import make_dataset
     from pipeline.data.prepare import load_prepared
     from pipeline.models.augment import augmentation
@@ -158,6 +161,7 @@ def epoch_times(work: Path, steps: int) -> dict:
 
     os.chdir(work)
     params = load_params()
+    default_policy = precision.choose("auto", 0, precision.this_cpu_flags())[0]  # a CPU run
     images, labels = load_prepared(150, "train")
     # The reference reads the same training images from folders, as the book's readers do.
     folders = work / "reference/train"
@@ -201,6 +205,7 @@ def epoch_times(work: Path, steps: int) -> dict:
         keras.mixed_precision.set_global_policy("float32")
         best = best_seconds_per_step(models, steps)
         ref_s, ours_s, bf16_s = best["reference"], best["ours"], best["bf16"]
+        default_s = bf16_s if default_policy == "mixed_bfloat16" else ours_s
         results[model_name] = {
             "batch_size": batch_size,
             "reference_s_per_epoch": round(ref_s * 100, 1),
@@ -208,6 +213,9 @@ def epoch_times(work: Path, steps: int) -> dict:
             "ratio": round(ours_s / ref_s, 3),
             "ours_bf16_s_per_epoch": round(bf16_s * 100, 1),
             "ratio_bf16": round(bf16_s / ref_s, 3),
+            "default_policy": default_policy,
+            "default_s_per_epoch": round(default_s * 100, 1),
+            "ratio_default": round(default_s / ref_s, 3),
         }
         print(model_name, results[model_name], flush=True)
     return results
@@ -284,13 +292,15 @@ def markdown(figures: dict) -> str:
         "",
         "## Seconds per book epoch (100 steps)",
         "",
-        "| model | batch | plain Keras (JPEGs from folders) | ours | ratio | ours, bfloat16 | ratio |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| model | batch | plain Keras (JPEGs from folders) | ours | ratio | ours, bfloat16 | ratio "
+        "| ours, default (`auto`) | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in figures["epochs"].items():
         lines.append(
             f"| {name} | {r['batch_size']} | {r['reference_s_per_epoch']} | {r['ours_s_per_epoch']} | "
-            f"{r['ratio']} | {r['ours_bf16_s_per_epoch']} | {r['ratio_bf16']} |"
+            f"{r['ratio']} | {r['ours_bf16_s_per_epoch']} | {r['ratio_bf16']} | "
+            f"{r['default_s_per_epoch']} ({r['default_policy']}) | {r['ratio_default']} |"
         )
     lines += [
         "",

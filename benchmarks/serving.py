@@ -42,9 +42,9 @@ import json, time
 from types import SimpleNamespace
 import mlflow, pandas as pd
 from pipeline import model_logging, paths, registry, tracking
-metrics = json.loads(paths.metrics_file("baseline").read_text())
+details = json.loads((paths.DETAILS_DIR / "baseline.json").read_text())
 job = SimpleNamespace(name="baseline", stage="baseline", logged_params={},
-                      tags={k: metrics[k] for k in ("base", "image_size", "split_sha256")})
+                      tags={k: details[k] for k in ("base", "image_size", "split_sha256")})
 tracking.connect()
 with mlflow.start_run(run_name="benchmark-log-model"):
     started = time.perf_counter()

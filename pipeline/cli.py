@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -148,6 +149,34 @@ def predict(
     model = model or f"models:/{load_params().registry.model_name}@champion"
     if predict_images(targets, model, csv, batch_size):
         raise typer.Exit(1)
+
+
+@stage
+def compare(
+    by: Annotated[
+        list[str] | None,
+        typer.Option(help="A param that tells groups apart (repeatable); default: all but --over."),
+    ] = None,
+    over: Annotated[str, typer.Option(help="The param whose values are the draws.")] = "train.seed",
+    model: Annotated[
+        list[str] | None, typer.Option(help="Only these run names (repeatable).")
+    ] = None,
+    commit: Annotated[str, typer.Option(help="Only runs trained at this git revision.")] = "",
+    since: Annotated[str, typer.Option(help="Only runs started since this ISO date/time.")] = "",
+    where: Annotated[
+        str,
+        typer.Option(
+            "--filter", help="An MLflow filter: \"params.`train.baseline.epochs` = '30'\"."
+        ),
+    ] = "",
+) -> None:
+    """Not a stage: each model's accuracy as mean ± std over seeds, from the MLflow store."""
+    import shlex
+
+    from pipeline.compare import Selection, run_compare
+
+    selection = Selection(over, tuple(by or ()), tuple(model or ()), commit, since, where)
+    run_compare(selection, "".join(" " + shlex.quote(a) for a in sys.argv[2:]))
 
 
 def main() -> None:

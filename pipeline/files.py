@@ -11,8 +11,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import PipelineError
-
 CHUNK = 1 << 16  # reads and downloads: a broken transfer keeps most of what arrived
 
 
@@ -50,19 +48,6 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
 def write_text(target: Path | str, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text)
-
-
-def save_keras(model, target: Path) -> None:
-    """`model.save` (a `.keras` target) or `model.save_weights` (`.weights.h5`), atomically;
-    an unwritable target is one PipelineError naming it."""
-    weights_only = target.name.endswith(".weights.h5")
-    try:
-        with atomic_path(target, ".weights.h5" if weights_only else ".keras") as tmp:
-            (model.save_weights if weights_only else model.save)(tmp)
-    except OSError as exc:
-        raise PipelineError(
-            f"cannot write {target}: {exc.strerror or exc} ({exc.filename})"
-        ) from None
 
 
 def sha256_of(path: Path | str) -> str:

@@ -24,6 +24,8 @@ BASE_WEIGHTS_DIR = MODELS_DIR / "bases"
 METRICS_DIR = Path("reports/metrics")
 HISTORY_DIR = Path("reports/history")
 FIGURES_DIR = Path("reports/figures")
+DETAILS_DIR = Path("reports/details")  # what was trained on what; not DVC metrics
+TIMING_DIR = Path("reports/timing")  # training seconds; not a DVC output (run_record.py)
 CHECKPOINTS_DIR = Path(".checkpoints")  # epoch backups for resuming; not a DVC output
 # report
 PROGRESSION_MD = Path("reports/progression.md")

@@ -16,7 +16,8 @@ from pipeline.files import atomic_path
 
 def _save(fig, out: Path) -> None:
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        # No "Software" stamp: the bytes depend on the figure only, not on the matplotlib build.
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
 
 
@@ -66,6 +67,27 @@ def progression_chart(table: pd.DataFrame, out: Path) -> None:
     ax.set_ylim(0.4, 1.0)
     ax.set_ylabel("accuracy")
     ax.set_title("Dogs vs. cats: accuracy progression")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right")
+    _save(fig, out)
+
+
+def spread_chart(summary: pd.DataFrame, scores: dict[str, str], out: Path) -> None:
+    """Mean of each score per group (`<score>_mean`), error bars one standard deviation."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(summary)), 4))
+    x = np.arange(len(summary))
+    width = 0.8 / len(scores)
+    lowest = 1.0
+    for i, (score, label) in enumerate(scores.items()):
+        mean, std = summary[f"{score}_mean"], summary[f"{score}_std"].fillna(0)
+        offset = (i - (len(scores) - 1) / 2) * width
+        ax.bar(x + offset, mean, width, yerr=std, capsize=4, label=label)
+        lowest = min(lowest, float((mean - std).min()))
+    ax.set_xticks(x, [f"{g}\n(n={n})" for g, n in zip(summary["group"], summary["n"], strict=True)])
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.0)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Mean and standard deviation over seeds")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="lower right")
     _save(fig, out)

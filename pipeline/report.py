@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +11,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import write_text
 from pipeline.params import Params
 from pipeline.paths import METRICS_DIR, PROGRESSION_MD, PROGRESSION_PNG
+from pipeline.run_record import read_metrics
 
 # Deep Learning with Python, 1st ed., ch. 5 (VGG16 for the pretrained models).
 BOOK = {
@@ -39,7 +39,7 @@ def progression_table(params: Params, metrics_dir: Path = METRICS_DIR) -> pd.Dat
             raise PipelineError(
                 f"{path} not found; run `dvc repro` so every model is trained first"
             )
-        metrics = json.loads(path.read_text())
+        metrics = read_metrics(path)
         rows.append(
             {
                 "model": run_name,
@@ -49,7 +49,6 @@ def progression_table(params: Params, metrics_dir: Path = METRICS_DIR) -> pd.Dat
                 "book": BOOK[model][0],
                 "book_measure": BOOK[model][1],
                 "epochs": metrics["epochs"],
-                "train_seconds": metrics["train_seconds"],
             }
         )
     return pd.DataFrame(rows)
@@ -62,13 +61,13 @@ def markdown(table: pd.DataFrame) -> str:
         "Deep Learning with Python (1st ed., ch. 5) reproduced by `dvc repro`; the book's",
         "numbers are for VGG16 and are mostly validation accuracy (its column says which).",
         "",
-        "| model | base | test accuracy | best validation accuracy | book | book's measure | epochs | training seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | base | test accuracy | best validation accuracy | book | book's measure | epochs |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in table.itertuples():
         lines.append(
             f"| {row.model} | {row.base} | {row.test_accuracy:.4f} | {row.best_val_accuracy:.4f} | "
-            f"{row.book:.3f} | {row.book_measure} | {row.epochs} | {row.train_seconds:.0f} |"
+            f"{row.book:.3f} | {row.book_measure} | {row.epochs} |"
         )
     return "\n".join(lines) + "\n"
 

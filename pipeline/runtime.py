@@ -1,9 +1,8 @@
 """How training runs on this machine: seeds, determinism, devices, mixed precision, XLA.
 
-`auto` turns mixed precision, XLA and the mirrored strategy on only where a GPU is
-visible. Mixed precision `on` means float16 on a GPU and bfloat16 on a CPU: CPUs emulate
-float16, while bfloat16 runs on AVX512-BF16/AMX units (2-2.5x faster convnet training on
-ours, benchmarks/benchmark.py); on a CPU without them it is slower, so it is not automatic.
+`auto` turns XLA and the mirrored strategy on only where a GPU is visible, and mixed
+precision where it pays: float16 on a GPU, bfloat16 on a CPU with AVX512-BF16/AMX units
+(2-2.5x faster convnet training on ours), float32 elsewhere (pipeline/precision.py).
 `PIPELINE_LOGICAL_CPUS=N` splits the CPU into N logical devices, so the mirrored strategy
 can be exercised without GPUs (it is a machine setting, not a param: results don't change).
 `PIPELINE_AUTO_AS_GPUS=N` makes `auto` (and `on`) decide as on a machine with N GPUs: with
@@ -19,6 +18,7 @@ import os
 import keras
 import tensorflow as tf
 
+from pipeline import precision
 from pipeline.errors import PipelineError
 from pipeline.params import RuntimeParams
 
@@ -58,10 +58,15 @@ def setup(runtime: RuntimeParams, seed: int) -> tf.distribute.Strategy:
     return _strategy(runtime.strategy)
 
 
+_precision_reason = "not chosen yet"  # why precision_policy chose what it did, for the tags
+
+
 def precision_policy(runtime: RuntimeParams) -> str:
-    if not _on(runtime.mixed_precision):
-        return "float32"
-    return "mixed_float16" if _gpu_count() else "mixed_bfloat16"
+    global _precision_reason
+    policy, _precision_reason = precision.choose(
+        runtime.mixed_precision, _gpu_count(), precision.this_cpu_flags()
+    )
+    return policy
 
 
 # One strategy per process: with a second MirroredStrategy in the same process, the next
@@ -84,5 +89,6 @@ def describe(strategy: tf.distribute.Strategy) -> dict[str, str]:
         "strategy": type(strategy).__name__,
         "replicas": str(strategy.num_replicas_in_sync),
         "precision": keras.mixed_precision.global_policy().name,
+        "precision_reason": _precision_reason,
         "gpus": str(len(_gpus())),
     }

@@ -3,6 +3,8 @@
 Outputs of a job named NAME (all written atomically; pipeline/paths.py):
   models/NAME.keras                  the trained model (raw [0, 255] pixels in)
   reports/metrics/NAME.json          test and validation scores (`dvc metrics show`)
+  reports/details/NAME.json          what was trained on what, the test confusion matrix
+  reports/timing/NAME.json           training seconds (not a DVC output: see run_record.py)
   reports/history/NAME.csv           loss and accuracy per epoch (`dvc plots show`)
   reports/figures/NAME/*.png         learning curves and the test confusion matrix
 and one MLflow run NAME with the same numbers, the params, the tags and these files.
@@ -10,7 +12,6 @@ and one MLflow run NAME with the same numbers, the params, the tags and these fi
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import time
@@ -22,10 +23,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline import model_logging, paths, plots, resume, runtime, tracking
+from pipeline import model_logging, paths, plots, resume, run_record, runtime, tracking
 from pipeline.data import CLASSES
 from pipeline.data.dataset import make_dataset
-from pipeline.files import atomic_path, save_keras, write_text
+from pipeline.files import atomic_path
+from pipeline.model_io import save_keras
 from pipeline.params import FitParams, RuntimeParams
 
 
@@ -73,8 +75,9 @@ def run(job: Job) -> dict:
         try:
             log_start(job, model, previous, active.info.run_id)
             history, seconds = fit(job, model, checkpoints, previous)
-            metrics, confusion = evaluate(job, model, history, seconds)
-            write_and_log(job, model, history, metrics, confusion)
+            metrics, confusion = evaluate(job, model, history)
+            timing = run_record.timing(history, seconds)
+            write_and_log(job, model, history, metrics, timing, confusion)
         except KeyboardInterrupt:
             mlflow.end_run(status="KILLED")  # the context manager would say FAILED
             raise
@@ -148,7 +151,7 @@ def fit(job: Job, model: keras.Model, checkpoints: Path, previous: list[dict]):
     return pd.DataFrame(recorder.rows), seconds
 
 
-def evaluate(job: Job, model: keras.Model, history: pd.DataFrame, seconds: float):
+def evaluate(job: Job, model: keras.Model, history: pd.DataFrame):
     """Test scores and the validation summary; the test confusion matrix."""
     x_test, y_test = job.data.test
     test_ds = make_dataset(x_test, y_test, job.fit.batch_size)
@@ -156,42 +159,27 @@ def evaluate(job: Job, model: keras.Model, history: pd.DataFrame, seconds: float
     predicted = (model.predict(test_ds, verbose=0).ravel() > 0.5).astype(int)
     confusion = np.zeros((2, 2), dtype=int)
     np.add.at(confusion, (y_test.ravel().astype(int), predicted), 1)
-    val_accuracy = history["val_accuracy"]
-    metrics = {
-        "test_accuracy": round(float(test_accuracy), 4),
-        "test_loss": round(float(test_loss), 4),
-        "best_val_accuracy": round(float(val_accuracy.max()), 4),
-        "best_epoch": int(val_accuracy.idxmax()) + 1,
-        "final_val_accuracy": round(float(val_accuracy.iloc[-1]), 4),
-        "epochs": len(history),
-        "train_seconds": round(seconds, 1),
-        "seconds_per_epoch": round(seconds / len(history), 2),
-    }
-    return metrics, confusion
+    return run_record.scores(history, test_loss, test_accuracy), confusion
 
 
-def write_and_log(job: Job, model, history: pd.DataFrame, metrics: dict, confusion) -> None:
-    """The DVC outputs, then the same files on the MLflow run."""
+def write_and_log(job: Job, model, history: pd.DataFrame, metrics: dict, timing: dict, confusion):
+    """The DVC outputs (byte-identical across deterministic reruns), then the MLflow run."""
     import mlflow
 
     # The model first: if it cannot be written, the reports keep their last good numbers.
     model_file = paths.model_file(job.name)
     save_keras(job.export(model) if job.export else model, model_file)
-    record = {"model": job.name, **_str(job.tags), **metrics}
-    metrics_file, history_file = paths.metrics_file(job.name), paths.history_file(job.name)
-    write_text(
-        metrics_file,
-        json.dumps({**record, "confusion_matrix": confusion.tolist()}, indent=2) + "\n",
-    )
+    record_files = run_record.write(job.name, job.tags, metrics, timing, confusion)
+    history_file = paths.history_file(job.name)
     with atomic_path(history_file) as tmp:
-        history.round(5).to_csv(tmp, index=False)
+        run_record.without_timing(history).round(5).to_csv(tmp, index=False)
     figures = paths.figures_dir(job.name)
     title = f"{job.name}: test accuracy {metrics['test_accuracy']:.3f}"
     plots.learning_curves(history, title, figures / "curves.png")
     plots.confusion_matrix(confusion, CLASSES, f"{job.name} (test)", figures / "confusion.png")
 
-    mlflow.log_metrics(metrics)
-    for path in (history_file, metrics_file):
+    mlflow.log_metrics({**metrics, **timing})
+    for path in (history_file, *record_files):
         mlflow.log_artifact(str(path))
     mlflow.log_artifacts(str(figures), "figures")
     # The model goes once, as an MLflow Model (it holds the .keras): it takes photos.

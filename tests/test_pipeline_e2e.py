@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from projects import ONLY_VGG16, ran_stages, run, tiny_project, update_params
 
+from pipeline.precision import choose, this_cpu_flags
+from pipeline.run_record import read_metrics
+
 pytestmark = pytest.mark.slow
 
 BASES = ("vgg16", "efficientnet_lite0")
@@ -67,10 +70,12 @@ def test_first_repro_runs_every_stage_once(repro):
 
 
 def test_from_scratch_model_learns(project):
-    metrics = json.loads((project / "reports/metrics/baseline.json").read_text())
+    metrics = read_metrics(project / "reports/metrics/baseline.json")
     assert metrics["test_accuracy"] >= 0.85, metrics  # chance is 0.5
     assert metrics["epochs"] == 3
-    assert sum(map(sum, metrics["confusion_matrix"])) == 20
+    details = json.loads((project / "reports/details/baseline.json").read_text())
+    assert sum(map(sum, details["confusion_matrix"])) == 20
+    assert (details["model"], details["base"], details["image_size"]) == ("baseline", "none", "48")
 
 
 def runs_by_name(project) -> dict:
@@ -97,6 +102,8 @@ def test_run_tags_make_runs_comparable(project, name):
     base = name.split("-", 1)[1] if "-" in name else "none"
     assert tags["base"] == base
     assert tags["image_size"] == ("48" if base == "none" else "32")
+    # mixed_precision: auto, decided from this machine's CPU flags
+    assert (tags["precision"], tags["precision_reason"]) == choose("auto", 0, this_cpu_flags())
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -117,7 +124,7 @@ def test_run_has_history_metrics_figures_and_model(project, name):
     client, _ = mlflow_runs(project)
     run_id = runs_by_name(project)[name].info.run_id
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {f"{name}.csv", f"{name}.json", "figures"} <= artifacts
+    assert {f"{name}.csv", f"{name}.json", "figures"} <= artifacts  # history, metrics, details
     figures = {a.path for a in client.list_artifacts(run_id, "figures")}
     assert figures == {"figures/curves.png", "figures/confusion.png"}
     experiment = client.get_experiment_by_name("dogs-vs-cats").experiment_id
@@ -143,14 +150,22 @@ def test_report_lists_every_model(project):
 def test_dvc_sees_the_same_numbers(project):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
     files = next(iter(shown.values()))["data"]  # the workspace's metrics files
-    baseline = json.loads((project / "reports/metrics/baseline.json").read_text())
-    assert (
-        files["reports/metrics/baseline.json"]["data"]["test_accuracy"] == baseline["test_accuracy"]
-    )
+    baseline = read_metrics(project / "reports/metrics/baseline.json")
+    shown_baseline = files["reports/metrics/baseline.json"]["data"]["baseline"]
+    assert shown_baseline["test_accuracy"] == baseline["test_accuracy"]
     plots = run(["dvc", "plots", "show", "--json"], project).stdout
     assert "reports/history/baseline.csv" in plots and "val_accuracy" in plots
+    # Metrics are numbers only (names, hashes, counts and paths live elsewhere), one key
+    # per model, so every column name is unique and short.
+    assert set(files) == {f"reports/metrics/{name}.json" for name in MODELS}
+    for path, shown_file in files.items():
+        ((name, values),) = shown_file["data"].items()
+        assert path == f"reports/metrics/{name}.json"
+        assert all(isinstance(v, (int, float)) for v in values.values()), (name, values)
     exp_show = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
-    assert "test_accuracy" in exp_show
+    header = exp_show.splitlines()[0].split(",")
+    assert {f"{name}.test_accuracy" for name in MODELS} <= set(header), header
+    assert not [column for column in header if column.startswith("reports/")], header
 
 
 def test_second_repro_runs_nothing(project):

@@ -46,7 +46,7 @@ COMBINATIONS = {
     ),
     "cpu-float32": (
         {},
-        {},
+        {"mixed_precision": "off"},
         SHORT,
         {"jit_compile": False, "precision": "float32", "replicas": "1"},
     ),
@@ -126,7 +126,7 @@ def test_model_trains_saves_and_reloads(trained, combination, model):
     # The saved model predicts what the trained one did: same classes, same loss.
     assert (
         reloaded["confusion_matrix"]
-        == json.loads((project / f"reports/metrics/{model}.json").read_text())["confusion_matrix"]
+        == json.loads((project / f"reports/details/{model}.json").read_text())["confusion_matrix"]
     )
     assert reloaded["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-4)
     assert reloaded["test_loss"] == pytest.approx(metrics["test_loss"], abs=2e-4)

@@ -242,7 +242,7 @@ def test_queued_sweep_runs_in_parallel_into_one_mlflow_store(project):
         assert float(rows[name]["train.baseline.learning_rate"]) == float(
             run_.data.params["train.baseline.learning_rate"]
         )
-        assert float(rows[name]["test_accuracy"]) == run_.data.metrics["test_accuracy"]
+        assert float(rows[name]["baseline.test_accuracy"]) == run_.data.metrics["test_accuracy"]
 
 
 def test_shared_tracking_server_and_unreachable_server(project, mlflow_server):
@@ -338,10 +338,8 @@ def test_unwritable_models_dir_fails_the_stage_cleanly(project):
     )  # the stage itself failed
     assert "failed to reproduce 'baseline'" in result.stderr
     # One line: "error: cannot write models/baseline.keras: Permission denied (<temp file>)".
-    assert re.search(
-        r"(Operation not permitted|Permission denied).*models/\.?baseline(\.tmp)?\.keras",
-        result.stderr,
-    ), result.stderr
+    assert "error: cannot write models/baseline.keras: " in result.stderr, result.stderr
+    assert re.search(r"Operation not permitted|Permission denied", result.stderr), result.stderr
     # The MLflow run is closed as FAILED, not left RUNNING.
     new = [r for r in local_runs(project) if r.info.run_id not in runs_before]
     assert [(r.info.run_name, r.info.status) for r in new] == [("baseline", "FAILED")]

@@ -27,6 +27,8 @@ from PIL import Image
 from projects import ONLY_VGG16, command_env, merge_patch, run, tiny_project
 from synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image
 
+from pipeline.run_record import read_metrics
+
 NAME = "dogs-vs-cats"
 MODELS = ["baseline", "augmented", "features-vgg16", "frozen_aug-vgg16", "finetune-vgg16"]
 
@@ -80,7 +82,7 @@ def test_every_model_is_a_version_and_champion_is_the_best_on_validation(project
         assert source_run.info.run_name == model
         for tag in ("dvc.stage", "git.commit", "split_sha256", "pipeline.repro_id"):
             assert version.tags[tag] == source_run.data.tags[tag]
-    val = {m: json.loads((project / f"reports/metrics/{m}.json").read_text()) for m in MODELS}
+    val = {m: read_metrics(project / f"reports/metrics/{m}.json") for m in MODELS}
     best = max(v["best_val_accuracy"] for v in val.values())
     expected = next(m for m in MODELS if val[m]["best_val_accuracy"] == best)  # book order
     champion = client.get_model_version_by_alias(NAME, "champion")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,6 +11,8 @@ import time
 import psutil
 import pytest
 from projects import params_patched, ran_stages, run, tiny_project, update_params
+
+from pipeline.run_record import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +67,7 @@ def test_mixed_precision_on_a_cpu_trains_in_bfloat16(project):
         run([sys.executable, "-m", "pipeline", "train", "baseline"], project)
     _, runs = runs_of(project, "baseline")
     assert runs[-1].data.tags["precision"] == "mixed_bfloat16"
+    assert runs[-1].data.tags["precision_reason"] == "mixed_precision: on, CPU: bfloat16"
     assert runs[-1].data.metrics["test_accuracy"] >= 0.75
 
 
@@ -121,7 +123,7 @@ def test_interrupted_training_leaves_nothing_and_resumes(project, sig):
     result = run(["dvc", "repro", "baseline"], project)
     assert ran_stages(result.stdout) == ["baseline"]
     assert "resuming after epoch" in result.stdout
-    metrics = json.loads((project / "reports/metrics/baseline.json").read_text())
+    metrics = read_metrics(project / "reports/metrics/baseline.json")
     assert metrics["epochs"] == EPOCHS
     client, runs = runs_of(project, "baseline")
     assert client.get_run(interrupted.info.run_id).info.status == "KILLED"
@@ -172,7 +174,7 @@ def test_frozen_aug_cached_copies_fast_path_feeds_finetune(project):
     _, runs = runs_of(project, "frozen_aug-vgg16")
     assert runs[-1].data.params["train.frozen_aug.cached_copies"] == "2"
     run([sys.executable, "-m", "pipeline", "train", "finetune", "--base", "vgg16"], project)
-    assert json.loads((project / "reports/metrics/finetune-vgg16.json").read_text())["epochs"] == 1
+    assert read_metrics(project / "reports/metrics/finetune-vgg16.json")["epochs"] == 1
 
 
 def test_a_backup_damaged_by_a_kill_falls_back_or_starts_afresh(tmp_path):

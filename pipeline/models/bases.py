@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 
 from pipeline.errors import PipelineError
-from pipeline.files import save_keras
+from pipeline.model_io import save_keras
 from pipeline.models.preprocess import Preprocess
 from pipeline.paths import base_weights_file
 

@@ -1,0 +1,94 @@
+"""Saving a Keras model so that the same weights always give the same bytes.
+
+A `.keras` file is a zip: `metadata.json` (with the save date), `config.json` and
+`model.weights.h5`. Keras stamps the date into the metadata and the current time into the
+weights' zip entry, and numbers objects shared between layers (a mixed-precision dtype
+policy) in config.json by their memory address, so two saves of identical weights differ,
+and DVC sees a new model on every rerun (a new cache entry, a changed dvc.lock, downstream
+stages rerun). Here the model is saved by Keras to a temporary file, then copied entry by
+entry into the final zip with names sorted, one fixed timestamp, a fixed `date_saved` and
+the shared-object ids renumbered in order of appearance (the same object keeps one number,
+which is all loading needs). The HDF5 weights file carries no timestamps (h5py does not
+track object times by default), so its bytes depend on the weights only. Written
+atomically: a failed save leaves the old model.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path
+
+# The earliest date a zip entry can hold; used for every entry and for `date_saved`.
+FIXED_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+FIXED_DATE_SAVED = "1980-01-01@00:00:00"
+
+
+def save_keras(model, path: Path | str) -> Path:
+    """Save `model` to `path` atomically, with bytes that depend on the model only: a
+    `.keras` file (normalised as above) or a `.weights.h5` file (`save_weights`); an
+    unwritable path is one PipelineError naming it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.name.endswith(".weights.h5"):
+            with atomic_path(path, ".weights.h5") as out:  # Keras wants the suffix
+                model.save_weights(out)
+            return path
+        with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as tmp:
+            raw = Path(tmp) / path.name  # Keras wants the .keras suffix
+            model.save(raw)
+            with atomic_path(path) as out:
+                normalise_keras_zip(raw, out)
+    except OSError as exc:
+        raise PipelineError(
+            f"cannot write {path}: {exc.strerror or exc} ({exc.filename})"
+        ) from None
+    return path
+
+
+def normalise_keras_zip(source: Path, target: Path) -> None:
+    """Copy the zip `source` to `target`: sorted entries, fixed dates, fixed `date_saved`."""
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w") as zout:
+        for info in sorted(zin.infolist(), key=lambda i: i.filename):
+            data = zin.read(info)
+            if info.filename in _REWRITE:
+                data = _REWRITE[info.filename](data)
+            entry = zipfile.ZipInfo(info.filename, date_time=FIXED_ZIP_DATE)
+            entry.compress_type = info.compress_type
+            entry.external_attr = 0o644 << 16  # rw-r--r--, whatever the umask was
+            zout.writestr(entry, data)
+
+
+def _fixed_metadata(data: bytes) -> bytes:
+    metadata = json.loads(data)
+    if "date_saved" in metadata:  # kept, as Keras' file editor reads it
+        metadata["date_saved"] = FIXED_DATE_SAVED
+    return json.dumps(metadata, sort_keys=True).encode()
+
+
+def _renumbered_config(data: bytes) -> bytes:
+    """config.json with every `shared_object_id` (an id() of the live object) replaced by
+    1, 2, ... in order of first appearance."""
+    numbers: dict[int, int] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {
+                key: numbers.setdefault(value, len(numbers) + 1)
+                if key == "shared_object_id"
+                else walk(value)
+                for key, value in node.items()
+            }
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    return json.dumps(walk(json.loads(data))).encode()
+
+
+_REWRITE = {"metadata.json": _fixed_metadata, "config.json": _renumbered_config}

@@ -1,0 +1,214 @@
+"""`python -m pipeline compare` on real tiny trainings in a real MLflow store.
+
+Seven short trainings, in-process: baseline with seeds 1-3 (and seed 3 twice: only the
+latest counts), an older baseline configuration (2 epochs) for seed 1, augmented with
+seeds 1-2. The table's numbers must be those of the runs that count, computed here from
+the MLflow client independently of the module.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import numpy as np
+import pytest
+from conftest import make_project, run, update_params
+from synthetic import write_archive
+
+from pipeline.compare import Selection, holm, pairwise
+
+pytestmark = pytest.mark.slow
+
+TINY = {"image_size": 48, "batch_size": 8, "steps_per_epoch": 0, "learning_rate": 1e-3}
+TRAININGS = [  # (model, seed, epochs), in the order they run
+    ("baseline", 1, 2),
+    ("baseline", 1, 3),
+    ("baseline", 2, 3),
+    ("baseline", 3, 3),
+    ("baseline", 3, 3),
+    ("augmented", 1, 3),
+    ("augmented", 2, 3),
+]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    archive = write_archive(root / "sample.zip", per_class=40, size=64)
+    project = make_project(
+        root / "project",
+        {
+            "data": {"source": str(archive)},
+            "split": {"train": 24, "validation": 8, "test": 8},
+            "prepare": {"image_sizes": [48]},
+            "train": {"baseline": TINY, "augmented": TINY},
+            "pretrained": {  # not trained here
+                "bases": {
+                    "__replace__": True,
+                    "vgg16": {
+                        "image_size": 48,
+                        "weights": "random",
+                        "pooling": "flatten",
+                        "finetune_from": "block5_conv1",
+                    },
+                }
+            },
+        },
+    )
+    run(["dvc", "repro", "prepare@48"], project)
+    return project
+
+
+@pytest.fixture(scope="module")
+def trained(project):
+    """The trainings above, in this process, as `python -m pipeline train` runs them."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import stages
+    from pipeline.params import load_params
+
+    patch = pytest.MonkeyPatch()
+    patch.chdir(project)
+    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    sigterm = signal.getsignal(signal.SIGTERM)  # train.run makes SIGTERM a KeyboardInterrupt
+    try:
+        for model, seed, epochs in TRAININGS:
+            update_params(project, {"train": {"seed": seed, model: {"epochs": epochs}}})
+            getattr(stages, model)(load_params())
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dogs-vs-cats")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    yield runs
+    patch.undo()
+
+
+def test_table_holds_mean_and_std_of_the_runs_that_count(trained):
+    from pipeline.compare import run_compare
+
+    assert len(trained) == len(TRAININGS)
+    summary = run_compare(Selection()).set_index("group")
+    old, *current = [r for r in trained if r.info.run_name == "baseline"]
+    current = [current[0], current[1], current[3]]  # seed 3's rerun replaces its first run
+    augmented = [r for r in trained if r.info.run_name == "augmented"]
+    expected = {
+        "baseline (train.baseline.epochs=2)": [old],
+        "baseline (train.baseline.epochs=3)": current,
+        "augmented": augmented,
+    }
+    assert sorted(summary.index) == sorted(expected)
+    for group, runs in expected.items():
+        row = summary.loc[group]
+        assert row["n"] == len(runs)
+        assert row["draws"] == ", ".join(r.data.params["train.seed"] for r in runs)
+        for score in ("test_accuracy", "best_val_accuracy"):
+            values = np.array([r.data.metrics[score] for r in runs])
+            assert row[f"{score}_mean"] == pytest.approx(values.mean())
+            if len(runs) > 1:
+                assert row[f"{score}_std"] == pytest.approx(values.std(ddof=1))
+            else:
+                assert np.isnan(row[f"{score}_std"])
+    # The convnet learns the synthetic classes with every seed.
+    assert summary.loc["baseline (train.baseline.epochs=3)", "test_accuracy_mean"] >= 0.75
+
+
+def test_filters_and_grouping_by_a_chosen_param(trained):
+    from pipeline.compare import run_compare
+
+    three_epochs = "params.`train.baseline.epochs` = '3'"
+    summary = run_compare(Selection(models=("baseline",), where=three_epochs))
+    assert list(summary["group"]) == ["baseline"] and summary["n"].item() == 3
+    # The lead's other reading: per seed, with the epochs as the draws.
+    by_seed = run_compare(
+        Selection(by=("train.seed",), over="train.baseline.epochs", models=("baseline",))
+    ).set_index("group")
+    assert list(by_seed["n"].items()) == [
+        ("baseline (train.seed=1)", 2),  # 2 and 3 epochs
+        ("baseline (train.seed=2)", 1),
+        ("baseline (train.seed=3)", 1),
+    ]
+
+
+def test_grouping_by_a_param_pools_the_others_and_says_so():
+    import pandas as pd
+
+    from pipeline.compare import group_runs
+
+    runs = pd.DataFrame(
+        {
+            "model": ["m"] * 4,
+            "draw": ["1", "2", "1", "2"],
+            "start_time": [1, 2, 3, 4],
+            "params.lr": ["0.1", "0.1", "0.2", "0.2"],
+            "params.epochs": ["3", "3", "3", "5"],
+        }
+    )
+    grouped, notes = group_runs(runs, Selection())
+    assert sorted(grouped["group"]) == ["m (epochs=3, lr=0.1)"] * 2 + [
+        "m (epochs=3, lr=0.2)",
+        "m (epochs=5, lr=0.2)",
+    ]
+    grouped, notes = group_runs(runs, Selection(by=("lr",)))
+    assert sorted(grouped["group"]) == ["m (lr=0.1)"] * 2 + ["m (lr=0.2)"] * 2
+    assert notes == ["m (lr=0.2) pools runs that differ in epochs"]
+
+
+def test_cli_writes_reports_and_logs_a_compare_run(trained, project):
+    from mlflow.tracking import MlflowClient
+
+    result = run([sys.executable, "-m", "pipeline", "compare", "--commit", "HEAD"], project)
+    markdown = (project / "reports/compare.md").read_text()
+    assert markdown == result.stdout.strip() + "\n"
+    assert "| baseline (train.baseline.epochs=3) | 3 | 1, 2, 3 |" in markdown
+    assert "| augmented | 2 | 1, 2 |" in markdown
+    assert "beyond the noise" in markdown and "compare --commit HEAD" in markdown
+    assert (project / "reports/compare.png").stat().st_size > 10_000
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dogs-vs-cats")
+    logged, *earlier = client.search_runs(
+        [experiment.experiment_id],
+        "attributes.run_name = 'compare'",
+        order_by=["attributes.start_time DESC"],
+    )
+    assert len(earlier) == 3  # the in-process comparisons above
+    assert logged.data.tags["pipeline.command"] == "compare"
+    assert logged.data.metrics["augmented.n"] == 2
+    artifacts = {a.path for a in client.list_artifacts(logged.info.run_id)}
+    assert artifacts == {"compare.md", "compare.png", "compare.csv"}
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    for args, message in [  # in-process: the same command, without a Python start each
+        (["--commit", "no-such-rev"], "error: --commit no-such-rev: not a commit"),
+        (["--model", "finetune-vgg16"], "error: no finished training runs"),
+        (["--by", "train.no_such"], "error: --by train.no_such: no selected run has"),
+        (["--since", "yesterday"], "error: --since yesterday: not an ISO date"),
+    ]:
+        failed = CliRunner().invoke(app, ["compare", *args])
+        assert failed.exit_code == 1 and failed.stderr.startswith(message), failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1
+
+
+def test_welch_and_holm_say_which_differences_exceed_the_noise():
+    samples = {
+        "low": [0.70, 0.74, 0.72, 0.71],
+        "high": [0.90, 0.92, 0.91, 0.93],
+        "also_low": [0.71, 0.73, 0.75, 0.70],
+        "single": [0.99],  # one draw: no spread to test against
+    }
+    pairs = pairwise(samples).set_index(["a", "b"])
+    assert len(pairs) == 3
+    assert pairs.loc[("low", "high"), "beyond_noise"]
+    assert pairs.loc[("high", "also_low"), "beyond_noise"]
+    assert not pairs.loc[("low", "also_low"), "beyond_noise"]
+    assert pairs.loc[("low", "high"), "difference"] == pytest.approx(-0.1975)
+    # Holm: sorted p times (m, m-1, ...), kept monotone, capped at 1.
+    import pandas as pd
+
+    adjusted = holm(pd.Series([0.01, 0.04, 0.03, np.nan]))
+    assert list(adjusted[:3]) == pytest.approx([0.03, 0.06, 0.06])
+    assert np.isnan(adjusted[3])
