@@ -140,6 +140,29 @@ class PretrainedParams(Section):
         return self
 
 
+class FilterPatternParams(Section):
+    count: PositiveInt = 8
+    steps: PositiveInt = 30
+    step_size: Annotated[float, Field(gt=0)] = 1.0
+    image_size: Annotated[int, Field(ge=MIN_SCRATCH_IMAGE_SIZE, le=1024)] = 64
+    layers: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_bases(self) -> FilterPatternParams:
+        for name in self.layers:
+            if name not in KNOWN_BASES:
+                raise ValueError(f"unknown conv base {name!r}; known: {', '.join(KNOWN_BASES)}")
+        return self
+
+
+class VisualizeParams(Section):
+    seed: int = 42
+    gradcam_images: PositiveInt = 16
+    mistakes: PositiveInt = 8
+    activation_image: NonNegativeInt = 0
+    filters: FilterPatternParams
+
+
 class Params(Section):
     data: DataParams
     split: SplitParams
@@ -147,6 +170,7 @@ class Params(Section):
     train: TrainParams
     augmentation: AugmentationParams
     pretrained: PretrainedParams
+    visualize: VisualizeParams
 
     @model_validator(mode="after")
     def _sizes_are_prepared(self) -> Params:

@@ -304,5 +304,6 @@ def _write_outputs(
 
     mlflow.log_artifact(str(history_file))
     mlflow.log_artifact(str(metrics_file))
-    mlflow.log_artifacts(str(figures), "figures")
+    for figure in ("curves.png", "confusion.png"):  # not figures/visualize/: another stage's
+        mlflow.log_artifact(str(figures / figure), "figures")
     mlflow.log_artifact(str(model_file), "model")
