@@ -124,9 +124,11 @@ def visualize(
     """Grad-CAM, worst mistakes, activations, filter patterns of one trained model into
     reports/figures/<model>/visualize/; logged to the model's MLflow run."""
     from pipeline import tracking
+    from pipeline.visualize.target import resolve
 
     params = load_params()
-    tracking.check_reachable(tracking.tracking_uri())  # in a second, before TensorFlow loads
+    resolve(params, model)  # in a second, before TensorFlow loads
+    tracking.check_reachable(tracking.tracking_uri())
     from pipeline.visualize.stage import visualize as draw_figures
 
     draw_figures(params, model)

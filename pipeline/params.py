@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import PipelineError
 
@@ -147,12 +155,13 @@ class FilterPatternParams(Section):
     image_size: Annotated[int, Field(ge=MIN_SCRATCH_IMAGE_SIZE, le=1024)] = 64
     layers: dict[str, list[str]] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _known_bases(self) -> FilterPatternParams:
-        for name in self.layers:
+    @field_validator("layers")
+    @classmethod
+    def _known_bases(cls, layers: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name in layers:
             if name not in KNOWN_BASES:
                 raise ValueError(f"unknown conv base {name!r}; known: {', '.join(KNOWN_BASES)}")
-        return self
+        return layers
 
 
 class VisualizeParams(Section):

@@ -8,11 +8,16 @@ tested in test_pipeline_e2e.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
+from conftest import ROOT, update_params
 from synthetic import patch_images
 
+from pipeline.errors import PipelineError
 from pipeline.models.augment import BookAugmentation
 from pipeline.models.bases import save_base_weights
 from pipeline.models.preprocess import Preprocess
@@ -23,12 +28,13 @@ from pipeline.models.pretrained import (
     frozen_base_model,
 )
 from pipeline.models.scratch import build_convnet
-from pipeline.params import FilterPatternParams, VisualizeParams
+from pipeline.params import FilterPatternParams, VisualizeParams, load_params
 from pipeline.visualize import filters
 from pipeline.visualize.activations import activation_layer_names, activations
 from pipeline.visualize.gradcam import GradCam, peaks, upsample
 from pipeline.visualize.mistakes import balanced_sample, worst_mistakes
-from pipeline.visualize.stage import Target, draw_mistakes, features_pixel_model
+from pipeline.visualize.stage import draw_mistakes, features_pixel_model, pattern_source
+from pipeline.visualize.target import Target
 
 SIZE, PATCH = 64, 12
 
@@ -160,3 +166,26 @@ def test_gradcam_through_a_nested_conv_base(tmp_path, monkeypatch):
     heats, p_dog = GradCam(pixel_model)(images)
     assert heats.shape == (6, 2, 2)
     np.testing.assert_allclose(p_dog, head.predict(features, verbose=0).ravel(), rtol=1e-4)
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    update_params(tmp_path, {"visualize": {"filters": {"layers": {"vgg16": ["block9_conv1"]}}}})
+    target = Target("features-vgg16", "features", "vgg16", 32)
+    with pytest.raises(PipelineError) as err:
+        pattern_source(load_params(tmp_path / "params.yaml"), target, pixel_model)
+    assert "visualize.filters.layers.vgg16: vgg16 has no layer block9_conv1" in str(err.value)
+    assert "block5_conv3" in str(err.value)  # the names it does have
+
+
+def test_an_unknown_model_is_one_line_before_tensorflow_loads():
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "visualize", "finetune-resnet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: visualize: unknown model 'finetune-resnet'; one of baseline, augmented, "
+        "features-vgg16, features-efficientnet_lite0, frozen_aug-vgg16, "
+        "frozen_aug-efficientnet_lite0, finetune-vgg16, finetune-efficientnet_lite0"
+    ]

@@ -14,7 +14,6 @@ then logged to the model's training run in MLflow (tracked_run.py) under visuali
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -25,54 +24,21 @@ from pipeline.data.prepare import load_prepared
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_dir
 from pipeline.params import Params, VisualizeParams
-from pipeline.project import FIGURES_DIR, MODELS_DIR
 from pipeline.visualize import figures, filters
 from pipeline.visualize.activations import activations
 from pipeline.visualize.anatomy import conv_layer_names
 from pipeline.visualize.gradcam import GradCam, upsample
 from pipeline.visualize.mistakes import balanced_sample, losses, worst_mistakes
+from pipeline.visualize.target import SCRATCH_MODELS, Target, resolve
 
-SCRATCH_MODELS = ("baseline", "augmented")
-PRETRAINED_MODELS = ("features", "frozen_aug", "finetune")
 FEATURES_DIR = Path("data/features")  # as pipeline/stages.py writes them
-
-
-@dataclass(frozen=True)
-class Target:
-    """A trained model: `name` as in models/<name>.keras, e.g. baseline, finetune-vgg16."""
-
-    name: str
-    kind: str  # baseline | augmented | features | frozen_aug | finetune
-    base: str | None
-    image_size: int
-
-    @property
-    def stage(self) -> str:
-        """The DVC stage that trained it, as tagged on its MLflow run."""
-        return f"{self.kind}@{self.base}" if self.base else self.name
-
-    @property
-    def folder(self) -> Path:
-        return FIGURES_DIR / self.name / "visualize"
-
-
-def resolve(params: Params, name: str) -> Target:
-    if name in SCRATCH_MODELS:
-        return Target(name, name, None, getattr(params.train, name).image_size)
-    kind, _, base = name.partition("-")
-    if kind in PRETRAINED_MODELS and base in params.pretrained.bases:
-        return Target(name, kind, base, params.pretrained.bases[base].image_size)
-    known = list(SCRATCH_MODELS) + [
-        f"{kind}-{base}" for kind in PRETRAINED_MODELS for base in params.pretrained.bases
-    ]
-    raise PipelineError(f"visualize: unknown model {name!r}; one of {', '.join(known)}")
 
 
 def load_model(params: Params, target: Target) -> tuple[keras.Model, keras.Model]:
     """(the saved model, a model from raw pixels to P(dog)). They are the same model except
     for features-<base>, a dense head on cached features: its pixel model is the conv base
     (from models/bases/, as extract@<base> ran it) followed by the head."""
-    path = MODELS_DIR / f"{target.name}.keras"
+    path = target.model_file
     if not path.is_file():
         raise PipelineError(f"{path} not found; run `dvc repro {target.stage}` first")
     saved = keras.models.load_model(path, compile=False)
