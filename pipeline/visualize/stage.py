@@ -56,7 +56,7 @@ def features_pixel_model(base: str, image_size: int, pooling: str, head: keras.M
     return keras.Model(extractor.inputs, head(extractor.outputs[0]), name=f"features-{base}")
 
 
-def test_predictions(target: Target, saved: keras.Model, model: keras.Model, images) -> np.ndarray:
+def predict_test_set(target: Target, saved: keras.Model, model: keras.Model, images) -> np.ndarray:
     """P(dog) of every test image; for features-<base> from the cached features, as its
     test accuracy was measured (and without running the base over the test set again)."""
     from pipeline.models.pretrained import extract_features
@@ -85,24 +85,32 @@ def visualize(params: Params, name: str) -> dict[str, float]:
     patterns = pattern_source(params, target, model)  # bad layer names fail before any work
     seconds = {"load": time.perf_counter() - started}
     with atomic_dir(target.folder) as out:
-        gradcam = GradCam(model)
-        seconds["gradcam"] = _timed(draw_gradcam, target, gradcam, images, labels, settings, out)
-        p_dog = test_predictions(target, saved, model, images)
-        seconds["mistakes"] = _timed(
-            draw_mistakes, target, gradcam, images, labels, p_dog, out, settings
-        )
-        if target.kind in SCRATCH_MODELS:
-            seconds["activations"] = _timed(
-                draw_activations, target, model, images, labels, settings, out
-            )
-        if patterns is not None:
-            seconds["filters"] = _timed(draw_filters, target, *patterns, settings, out)
+        seconds |= _draw_all(target, settings, (saved, model), (images, labels), patterns, out)
     print(
         f"visualize {name}: "
         + ", ".join(f"{kind} {value:.1f} s" for kind, value in seconds.items())
         + f"; wrote {target.folder}"
     )
     log_figures(target.stage, target.folder)
+    return seconds
+
+
+def _draw_all(target: Target, settings, models, test, patterns, out: Path) -> dict[str, float]:
+    """Every figure into `out`; the seconds of each kind."""
+    (saved, model), (images, labels) = models, test
+    seconds = {}
+    gradcam = GradCam(model)
+    seconds["gradcam"] = _timed(draw_gradcam, target, gradcam, images, labels, settings, out)
+    started = time.perf_counter()
+    p_dog = predict_test_set(target, saved, model, images)
+    draw_mistakes(target, gradcam, images, labels, p_dog, out, settings)
+    seconds["mistakes"] = time.perf_counter() - started  # the predictions it needs included
+    if target.kind in SCRATCH_MODELS:
+        seconds["activations"] = _timed(
+            draw_activations, target, model, images, labels, settings, out
+        )
+    if patterns is not None:
+        seconds["filters"] = _timed(draw_filters, target, *patterns, settings, out)
     return seconds
 
 
