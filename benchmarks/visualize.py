@@ -76,8 +76,10 @@ def markdown(figures: dict) -> str:
     lines = [
         "# Benchmark: the visualize stages",
         "",
-        f"`python benchmarks/visualize.py` on {figures['machine']}, params `visualize` as shipped; "
-        "seconds. The stage column is the whole `dvc repro --single-item` process.",
+        f"`python benchmarks/visualize.py` on {figures['machine']} (1-minute load average "
+        f"{figures['load_average'][0]} before, {figures['load_average'][1]} after), params "
+        "`visualize` as shipped; seconds. The stage column is the whole `dvc repro "
+        "--single-item` process.",
         "",
         "| model | " + " | ".join(KINDS) + " | stage | peak RSS (MB) |",
         "| --- |" + " --- |" * (len(KINDS) + 2),
@@ -102,7 +104,10 @@ def main() -> None:
         raise SystemExit(f"{args.archive} not found: pass --archive or --project")
     project = args.project.resolve() if args.project else quick_project(args.archive)
     figures = {"machine": f"{os.uname().machine}, {os.cpu_count()} cores", "project": str(project)}
+    load_before = os.getloadavg()[0]
     figures["models"] = measure(project)
+    # Other work on the machine slows every number: say how busy it was.
+    figures["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     args.out.write_text(markdown(figures))
     args.out.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
     print(markdown(figures))

@@ -31,6 +31,7 @@ from pipeline.models.scratch import build_convnet
 from pipeline.params import FilterPatternParams, VisualizeParams, load_params
 from pipeline.visualize import filters
 from pipeline.visualize.activations import activation_layer_names, activations
+from pipeline.visualize.anatomy import head_after_base
 from pipeline.visualize.gradcam import GradCam, peaks, upsample
 from pipeline.visualize.mistakes import balanced_sample, worst_mistakes
 from pipeline.visualize.stage import draw_mistakes, features_pixel_model, pattern_source
@@ -159,10 +160,12 @@ def test_gradcam_through_a_nested_conv_base(tmp_path, monkeypatch):
     assert gradcam.layer == "block5_conv3" and heats.shape == (6, 2, 2)
     assert np.isfinite(heats).all() and heats.min() >= 0 and heats.max() == 1
     np.testing.assert_allclose(p_dog, frozen.predict(images, verbose=0).ravel(), rtol=1e-4)
+    features = extract_features(feature_extractor("vgg16", 32, "flatten"), images)
+    from_features = head_after_base(frozen).predict(features, verbose=0).ravel()
+    np.testing.assert_allclose(from_features, p_dog, rtol=1e-4)  # the cached-features path
 
     head = dense_head(512, 8, 0.5, "features_vgg16")
     pixel_model = features_pixel_model("vgg16", 32, "flatten", head)
-    features = extract_features(feature_extractor("vgg16", 32, "flatten"), images)
     heats, p_dog = GradCam(pixel_model)(images)
     assert heats.shape == (6, 2, 2)
     np.testing.assert_allclose(p_dog, head.predict(features, verbose=0).ravel(), rtol=1e-4)

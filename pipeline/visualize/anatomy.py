@@ -52,6 +52,18 @@ def conv_owner(model: keras.Model) -> keras.Model:
     return bases[0]
 
 
+def head_after_base(model: keras.Model) -> keras.Model:
+    """The layers after the nested conv base and its flatten/pool layer, as a model from
+    the features that extract@<base> caches to P(dog)."""
+    chain = layer_chain(model)
+    position = next(i for i, layer in enumerate(chain) if isinstance(layer, keras.Model))
+    inputs = keras.Input(chain[position + 1].output.shape[1:], name="features")
+    x = inputs
+    for layer in chain[position + 2 :]:
+        x = layer(x)
+    return keras.Model(inputs, x, name=f"{model.name}_head")
+
+
 def conv_layer_names(model: keras.Model) -> list[str]:
     return [layer.name for layer in conv_owner(model).layers if isinstance(layer, CONV_TYPES)]
 

@@ -26,7 +26,7 @@ from pipeline.io import atomic_dir
 from pipeline.params import Params, VisualizeParams
 from pipeline.visualize import figures, filters
 from pipeline.visualize.activations import activations
-from pipeline.visualize.anatomy import conv_layer_names
+from pipeline.visualize.anatomy import conv_layer_names, head_after_base
 from pipeline.visualize.gradcam import GradCam, upsample
 from pipeline.visualize.mistakes import balanced_sample, losses, worst_mistakes
 from pipeline.visualize.target import SCRATCH_MODELS, Target, resolve
@@ -57,14 +57,16 @@ def features_pixel_model(base: str, image_size: int, pooling: str, head: keras.M
 
 
 def predict_test_set(target: Target, saved: keras.Model, model: keras.Model, images) -> np.ndarray:
-    """P(dog) of every test image; for features-<base> from the cached features, as its
-    test accuracy was measured (and without running the base over the test set again)."""
+    """P(dog) of every test image. Where the conv base is the frozen one of extract@<base>
+    (features-, frozen_aug-<base>), from its cached test features: running VGG16 over the
+    test set again would be most of the stage's time."""
     from pipeline.models.pretrained import extract_features
 
     cached = FEATURES_DIR / str(target.base) / "test.npz"
-    if target.kind == "features" and cached.is_file():
+    if target.kind in ("features", "frozen_aug") and cached.is_file():
+        head = saved if target.kind == "features" else head_after_base(saved)
         with np.load(cached) as arrays:
-            return saved.predict(arrays["features"], batch_size=256, verbose=0).ravel()
+            return head.predict(arrays["features"], batch_size=256, verbose=0).ravel()
     return extract_features(model, images).ravel()
 
 
