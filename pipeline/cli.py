@@ -117,6 +117,25 @@ def extract(base: str = typer.Argument(..., help="A key of pretrained.bases.")) 
 
 
 @stage
+def visualize(
+    model: str = typer.Argument(
+        ..., help="A trained model: baseline, augmented, features-<base>, frozen_aug-<base>, ..."
+    ),
+) -> None:
+    """Grad-CAM, worst mistakes, activations, filter patterns of one trained model into
+    reports/figures/<model>/visualize/; logged to the model's MLflow run."""
+    from pipeline import tracking
+    from pipeline.visualize.target import resolve
+
+    params = load_params()
+    resolve(params, model)  # in a second, before TensorFlow loads
+    tracking.check_reachable(tracking.tracking_uri())
+    from pipeline.visualize.stage import visualize as draw_figures
+
+    draw_figures(params, model)
+
+
+@stage
 def report() -> None:
     """Write reports/progression.md and .png from every model's metrics; log them to MLflow."""
     from pipeline.report import report

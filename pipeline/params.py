@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import PipelineError
 from pipeline.paths import PARAMS_FILE
@@ -139,6 +147,30 @@ class RegistryParams(Section):
     model_name: str = Field(default="dogs-vs-cats", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+class FilterPatternParams(Section):
+    count: PositiveInt = 8
+    steps: PositiveInt = 30
+    step_size: Annotated[float, Field(gt=0)] = 1.0
+    image_size: Annotated[int, Field(ge=MIN_SCRATCH_IMAGE_SIZE, le=1024)] = 64
+    layers: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("layers")
+    @classmethod
+    def _known_bases(cls, layers: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name in layers:
+            if name not in KNOWN_BASES:
+                raise ValueError(f"unknown conv base {name!r}; known: {', '.join(KNOWN_BASES)}")
+        return layers
+
+
+class VisualizeParams(Section):
+    seed: int = 42
+    gradcam_images: PositiveInt = 16
+    mistakes: PositiveInt = 8
+    activation_image: NonNegativeInt = 0
+    filters: FilterPatternParams
+
+
 class Params(Section):
     data: DataParams
     split: SplitParams
@@ -147,6 +179,7 @@ class Params(Section):
     augmentation: AugmentationParams
     pretrained: PretrainedParams
     registry: RegistryParams = RegistryParams()
+    visualize: VisualizeParams
 
     @model_validator(mode="after")
     def _sizes_are_prepared(self) -> Params:

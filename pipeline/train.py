@@ -181,6 +181,7 @@ def write_and_log(job: Job, model, history: pd.DataFrame, metrics: dict, timing:
     mlflow.log_metrics({**metrics, **timing})
     for path in (history_file, *record_files):
         mlflow.log_artifact(str(path))
-    mlflow.log_artifacts(str(figures), "figures")
+    for figure in ("curves.png", "confusion.png"):  # not figures/visualize/: another stage's
+        mlflow.log_artifact(str(figures / figure), "figures")
     # The model goes once, as an MLflow Model (it holds the .keras): it takes photos.
     model_logging.log_model(job, model_file)

@@ -40,6 +40,11 @@ TINY_PARAMS = {
             "efficientnet_lite0": {"image_size": 32},
         }
     },
+    "visualize": {
+        "gradcam_images": 4,
+        "mistakes": 3,
+        "filters": {"count": 2, "steps": 2, "image_size": 46},
+    },
 }
 ONLY_VGG16 = {"pretrained": {"bases": {"efficientnet_lite0": None}}}
 

@@ -64,3 +64,21 @@ def corrupt_jpeg(seed: int = 1) -> bytes:
     """A JPEG cut in the middle of its scan data: the header is fine, decoding fails."""
     data = jpeg_bytes(synthetic_image("cat", 64, np.random.default_rng(seed)))
     return data[: len(data) // 2]
+
+
+def patch_images(
+    count: int, size: int = 64, patch: int = 12, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images whose class is decided only by a small patch at a random place: grey noise
+    everywhere, and a patch of horizontal (cat, 0) or vertical (dog, 1) stripes.
+    Returns uint8 images, labels and each patch's box (top, left, bottom, right), exclusive."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(120, 30, (count, size, size, 3)).clip(0, 255)
+    labels = rng.integers(0, 2, count).astype(np.uint8)
+    corners = rng.integers(0, size - patch + 1, (count, 2))
+    yy, xx = np.mgrid[0:patch, 0:patch]
+    for image, label, (top, left) in zip(images, labels, corners, strict=True):
+        stripes = ((xx if label else yy) // 2) % 2  # 2-pixel stripes
+        image[top : top + patch, left : left + patch] = np.where(stripes[..., None], 250, 10)
+    boxes = np.concatenate([corners, corners + patch], axis=1)
+    return images.astype(np.uint8), labels, boxes

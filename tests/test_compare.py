@@ -13,8 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_project, run, update_params
-from synthetic import write_archive
+from projects import run, tiny_project, update_params
 
 from pipeline.compare import Selection, holm, pairwise
 
@@ -35,26 +34,16 @@ TRAININGS = [  # (model, seed, epochs), in the order they run
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
-    archive = write_archive(root / "sample.zip", per_class=40, size=64)
-    project = make_project(
-        root / "project",
+    project = tiny_project(
+        root,
         {
-            "data": {"source": str(archive)},
             "split": {"train": 24, "validation": 8, "test": 8},
             "prepare": {"image_sizes": [48]},
             "train": {"baseline": TINY, "augmented": TINY},
-            "pretrained": {  # not trained here
-                "bases": {
-                    "__replace__": True,
-                    "vgg16": {
-                        "image_size": 48,
-                        "weights": "random",
-                        "pooling": "flatten",
-                        "finetune_from": "block5_conv1",
-                    },
-                }
-            },
+            # not trained here
+            "pretrained": {"bases": {"vgg16": {"image_size": 48}, "efficientnet_lite0": None}},
         },
+        per_class=40,
     )
     run(["dvc", "repro", "prepare@48"], project)
     return project

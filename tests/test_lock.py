@@ -12,7 +12,7 @@ import subprocess
 import tomllib
 
 import pytest
-from conftest import ROOT
+from projects import ROOT
 
 UV = shutil.which("uv")
 needs_uv = pytest.mark.skipif(UV is None, reason="uv is not on PATH")

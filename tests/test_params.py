@@ -63,6 +63,11 @@ def test_bare_on_and_off_mean_the_switch_not_a_boolean(tmp_path):
         ),
         ({"registry": {"model_name": "dogs/cats"}}, "registry.model_name: String should match"),
         ({"registry": {"model_nme": "x"}}, "unknown key 'registry.model_nme': did you mean"),
+        ({"visualize": {"mistakes": 0}}, "visualize.mistakes: Input should be greater than 0"),
+        (
+            {"visualize": {"filters": {"layers": {"resnet": ["conv1"]}}}},
+            "visualize.filters.layers: unknown conv base 'resnet'",
+        ),
     ],
 )
 def test_bad_params_are_one_clear_error(tmp_path, update, expected):

@@ -23,6 +23,9 @@ BASES = ("vgg16", "efficientnet_lite0")
 MODELS = ["baseline", "augmented"] + [
     f"{m}-{b}" for m in ("features", "frozen_aug", "finetune") for b in BASES
 ]
+VISUALIZE_STAGES = ["visualize@baseline", "visualize@augmented"] + [
+    f"visualize_{m}@{b}" for m in ("features", "frozen_aug", "finetune") for b in BASES
+]
 
 
 @dataclass
@@ -64,6 +67,7 @@ def test_first_repro_runs_every_stage_once(repro):
         for s in ("base_weights", "extract", "features", "frozen_aug", "finetune")
         for b in BASES
     }
+    expected |= set(VISUALIZE_STAGES)
     assert sorted(stages) == sorted(expected)
     for line in ("Epoch 1/3", "val_accuracy"):
         assert line in repro.output  # per-epoch progress lines
@@ -140,6 +144,44 @@ def test_runs_log_their_stage_params(project):
     assert finetune["pretrained.vgg16.finetune_from"] == "block5_conv1"
 
 
+def figure_files(folder) -> set[str]:
+    return {str(path.relative_to(folder)) for path in folder.rglob("*.png")}
+
+
+def artifact_files(client, run_id: str, path: str = "visualize") -> set[str]:
+    """Every file under `path` in a run's artifacts, relative to `path`."""
+    pending, files = [path], set()
+    while pending:
+        for entry in client.list_artifacts(run_id, pending.pop()):
+            if entry.is_dir:
+                pending.append(entry.path)
+            else:
+                files.add(entry.path.removeprefix(f"{path}/"))
+    return files
+
+
+def test_every_model_has_its_figures_in_its_own_mlflow_run(project):
+    client, runs = mlflow_runs(project)
+    by_name = {run.info.run_name: run for run in runs}
+    scratch_convs = {f"filters/conv2d{suffix}.png" for suffix in ("", "_1", "_2", "_3")}
+    for name in MODELS:
+        folder = project / "reports/figures" / name / "visualize"
+        files = figure_files(folder)
+        assert {"gradcam.png", "mistakes.png"} <= files
+        if name in ("baseline", "augmented"):
+            assert len([f for f in files if f.startswith("activations/")]) == 9  # input + 8 layers
+            assert scratch_convs <= files
+        elif name.startswith("features-"):
+            assert (
+                len([f for f in files if f.startswith("filters/")]) == 4
+            )  # visualize.filters.layers
+        else:
+            assert len(files) == 2  # the frozen base's filters are drawn in features-<base>
+        assert artifact_files(client, by_name[name].info.run_id) == files, name
+    shown = run(["dvc", "plots", "show", "--json"], project).stdout
+    assert "reports/figures/baseline/visualize/gradcam.png" in shown
+
+
 def test_report_lists_every_model(project):
     table = (project / "reports/progression.md").read_text()
     for name in MODELS:
@@ -170,6 +212,30 @@ def test_dvc_sees_the_same_numbers(project):
 
 def test_second_repro_runs_nothing(project):
     assert ran_stages(run(["dvc", "repro"], project).stdout) == []
+
+
+def test_changing_visualize_params_reruns_only_the_visualize_stages(project):
+    """`dvc status` names the stages `dvc repro` would run; one of them is then run, to see
+    that its figures go to the model's training run, made by an earlier repro. (All eight
+    would take CI a minute and a half.)"""
+    _, before = mlflow_runs(project)
+    gradcam = project / "reports/figures/finetune-vgg16/visualize/gradcam.png"
+    update_params(project, {"visualize": {"gradcam_images": 2}})
+    stale = json.loads(run(["dvc", "status", "--json"], project).stdout)
+    assert sorted(stale) == sorted(VISUALIZE_STAGES)
+    why = [{"changed deps": {"params.yaml": {"visualize": "modified"}}}]
+    assert all(reasons == why for reasons in stale.values())
+
+    drawn = gradcam.read_bytes()
+    stages = ran_stages(run(["dvc", "repro", "visualize_finetune@vgg16"], project).stdout)
+    assert stages == ["visualize_finetune@vgg16"]
+    assert gradcam.read_bytes() != drawn  # two heatmaps now, not four
+    client, after = mlflow_runs(project)
+    assert [r.info.run_id for r in after] == [r.info.run_id for r in before]  # no new runs
+    finetune = next(r for r in after if r.info.run_name == "finetune-vgg16")
+    logged = client.download_artifacts(finetune.info.run_id, "visualize/gradcam.png")
+    assert Path(logged).read_bytes() == gradcam.read_bytes()
+    update_params(project, {"visualize": {"gradcam_images": 4}})  # the others are current again
 
 
 def test_unreachable_tracking_server_fails_before_training(project):
@@ -206,7 +272,16 @@ def test_exp_run_temp_logs_to_the_users_store(project):
 def test_changing_finetune_learning_rate_reruns_only_finetune_and_report(project):
     update_params(project, {"train": {"finetune": {"learning_rate": 2e-5}}})
     stages = ran_stages(run(["dvc", "repro"], project).stdout)
-    assert sorted(stages) == sorted([f"finetune@{b}" for b in BASES] + ["report"])
+    assert sorted(stages) == sorted(
+        [f"finetune@{b}" for b in BASES] + [f"visualize_finetune@{b}" for b in BASES] + ["report"]
+    )
+    client, runs = mlflow_runs(project)
+    newest = [r for r in runs if r.info.run_name == "finetune-vgg16"][-1]
+    assert newest.data.params["train.finetune.learning_rate"] == "2e-05"
+    assert artifact_files(client, newest.info.run_id, "visualize") == {
+        "gradcam.png",
+        "mistakes.png",
+    }
 
 
 def test_removing_a_base_does_not_rerun_the_other(project):

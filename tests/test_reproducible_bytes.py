@@ -10,8 +10,7 @@ import zipfile
 
 import pytest
 import yaml
-from conftest import make_project, ran_stages, run
-from synthetic import write_archive
+from projects import ran_stages, run, tiny_project
 
 TINY = {"image_size": 48, "epochs": 2, "batch_size": 8, "steps_per_epoch": 0}
 
@@ -70,30 +69,15 @@ def output_hashes(project) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_forced_rerun_of_the_training_stages_writes_identical_bytes(tmp_path):
-    archive = write_archive(tmp_path / "sample.zip", per_class=24, size=64)
-    project = make_project(
-        tmp_path / "project",
+    project = tiny_project(
+        tmp_path,
         {
-            "data": {"source": str(archive)},
             "split": {"train": 12, "validation": 6, "test": 6},
             "prepare": {"image_sizes": [48]},
-            "train": {
-                "runtime": {"deterministic": True},
-                "baseline": {**TINY, "learning_rate": 1e-3},
-                "augmented": {**TINY, "learning_rate": 1e-3},
-            },
-            "pretrained": {
-                "bases": {
-                    "__replace__": True,
-                    "vgg16": {
-                        "image_size": 48,
-                        "weights": "random",
-                        "pooling": "flatten",
-                        "finetune_from": "block5_conv1",
-                    },
-                }
-            },
+            "train": {"runtime": {"deterministic": True}, "baseline": TINY, "augmented": TINY},
+            "pretrained": {"bases": {"vgg16": {"image_size": 48}, "efficientnet_lite0": None}},
         },
+        per_class=24,
     )
     run(["dvc", "repro", "baseline", "augmented"], project)
     lock = (project / "dvc.lock").read_bytes()

@@ -1,0 +1,56 @@
+"""The MLflow run that trained a model, where its figures are logged as artifacts.
+
+A training run carries the tag `dvc.stage` (pipeline/tracking.py). Of the finished runs of
+that stage, the one of the same `dvc repro` / `dvc exp run` (tag `pipeline.repro_id`) is
+taken; when the model was trained by an earlier repro (only `visualize` params changed),
+the latest finished one. Artifacts of a finished run can still be logged.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline import tracking
+
+ARTIFACT_DIR = "visualize"
+
+
+def training_run(client, stage: str):
+    """The finished MLflow run of `stage` that made the current model, or None."""
+    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`dvc.stage` = '{stage}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=100,
+    )
+    this_repro = tracking.repro_id()
+    same_repro = [run for run in runs if run.data.tags.get("pipeline.repro_id") == this_repro]
+    return (same_repro or runs or [None])[0]
+
+
+def log_figures(stage: str, folder: Path) -> str | None:
+    """Log every file under `folder` to the training run of `stage`, under visualize/;
+    return the run id, or None (said on stderr) when there is no such run."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking.tracking_uri()
+    client = MlflowClient(uri)
+    run = training_run(client, stage)
+    if run is None:
+        print(
+            f"warning: no finished MLflow run of stage {stage!r} in {uri}: the figures are in "
+            f"{folder} but not logged; train the model (`dvc repro {stage}`) to get its run",
+            file=sys.stderr,
+        )
+        return None
+    client.log_artifacts(run.info.run_id, str(folder), ARTIFACT_DIR)
+    count = sum(1 for path in folder.rglob("*") if path.is_file())
+    print(
+        f"logged {count} figures to MLflow run {run.info.run_id} ({run.info.run_name}) "
+        f"under {ARTIFACT_DIR}/"
+    )
+    return run.info.run_id
