@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # stages run headless
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipeline.data.download import CLASSES
+from pipeline.data import CLASSES
 
 HEAT_ALPHA = 0.4  # keras.io's Grad-CAM overlay weight
 

@@ -19,10 +19,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline.data.download import CLASSES
+from pipeline import paths
+from pipeline.data import CLASSES
 from pipeline.data.prepare import load_prepared
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_dir
+from pipeline.files import atomic_dir
 from pipeline.params import Params, VisualizeParams
 from pipeline.visualize import figures, filters
 from pipeline.visualize.activations import activations
@@ -30,8 +31,6 @@ from pipeline.visualize.anatomy import conv_layer_names, head_after_base
 from pipeline.visualize.gradcam import GradCam, upsample
 from pipeline.visualize.mistakes import balanced_sample, losses, worst_mistakes
 from pipeline.visualize.target import SCRATCH_MODELS, Target, resolve
-
-FEATURES_DIR = Path("data/features")  # as pipeline/stages.py writes them
 
 
 def load_model(params: Params, target: Target) -> tuple[keras.Model, keras.Model]:
@@ -62,7 +61,7 @@ def predict_test_set(target: Target, saved: keras.Model, model: keras.Model, ima
     test set again would be most of the stage's time."""
     from pipeline.models.pretrained import extract_features
 
-    cached = FEATURES_DIR / str(target.base) / "test.npz"
+    cached = paths.features_file(str(target.base), "test")
     if target.kind in ("features", "frozen_aug") and cached.is_file():
         head = saved if target.kind == "features" else head_after_base(saved)
         with np.load(cached) as arrays:

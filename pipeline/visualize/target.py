@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.params import Params
-from pipeline.project import FIGURES_DIR, MODELS_DIR
+from pipeline.paths import FIGURES_DIR, MODELS_DIR
 
 SCRATCH_MODELS = ("baseline", "augmented")
 PRETRAINED_MODELS = ("features", "frozen_aug", "finetune")
