@@ -40,7 +40,9 @@ def picture_grid(
     columns = min(4, max(1, len(pictures)))
     rows = max(1, -(-len(pictures) // columns))
     width = 2.6 * columns * pictures[0].shape[1] / pictures[0].shape[0] if pictures else 4
-    fig, axes = plt.subplots(rows, columns, figsize=(width, 2.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(width, 2.9 * rows), squeeze=False, layout="constrained"
+    )
     for ax in axes.ravel():
         ax.axis("off")
     for ax, picture, text, bad in zip(axes.ravel(), pictures, titles, wrong, strict=False):
