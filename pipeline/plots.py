@@ -89,5 +89,5 @@ def spread_chart(summary: pd.DataFrame, scores: dict[str, str], out: Path) -> No
     ax.set_ylabel("accuracy")
     ax.set_title("Mean and standard deviation over seeds")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper right")  # bars end below 1.0, so the top is free
     _save(fig, out)
