@@ -165,7 +165,12 @@ def predict(
     """Cat or dog for photos: one line per image (file, label, P(dog)); exit 1 if any failed."""
     from pipeline.predict import predict as predict_images
 
-    model = model or f"models:/{load_params().registry.model_name}@champion"
+    if model is None:  # params.yaml names the registered model, where there is one
+        from pipeline.params import RegistryParams
+        from pipeline.paths import PARAMS_FILE
+
+        registry = load_params().registry if PARAMS_FILE.is_file() else RegistryParams()
+        model = f"models:/{registry.model_name}@champion"
     if predict_images(targets, model, csv, batch_size):
         raise typer.Exit(1)
 
