@@ -27,10 +27,12 @@ class GradCam:
     def _maps(self, images):
         with tf.GradientTape() as tape:
             maps, logit = self.split(images, training=False)
-            maps = tf.cast(maps, tf.float32)  # mixed-precision models give bfloat16 maps
             logit = tf.cast(logit[:, 0], tf.float32)
             score = tf.where(logit >= 0, logit, -logit)  # the predicted class's logit
-        grads = tape.gradient(score, maps)
+        # Mixed-precision models give bfloat16 maps: differentiate with respect to those,
+        # then cast (a cast copy would not be on the way to the score: no gradient).
+        grads = tf.cast(tape.gradient(score, maps), tf.float32)
+        maps = tf.cast(maps, tf.float32)
         weights = tf.reduce_mean(grads, axis=(1, 2))  # one weight per map
         heat = tf.nn.relu(tf.einsum("bhwc,bc->bhw", maps, weights))
         peak = tf.reduce_max(heat, axis=(1, 2), keepdims=True)
