@@ -88,6 +88,20 @@ def test_gradcam_peaks_inside_the_patch(trained):
     assert correct.sum() >= 100 and rate >= 0.8, rate
 
 
+def test_gradcam_of_a_mixed_precision_model(trained):
+    """A model trained with train.runtime.mixed_precision: on computes in bfloat16."""
+    model, images, *_ = trained
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        half = tiny_convnet()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    half.set_weights(model.get_weights())
+    heats, p_dog = GradCam(half)(images[:16])
+    assert np.isfinite(heats).all() and np.allclose(heats.max(axis=(1, 2)), 1)
+    np.testing.assert_allclose(p_dog, GradCam(model)(images[:16])[1], atol=0.05)
+
+
 def test_mistakes_gallery_holds_the_misclassified_images_of_highest_loss(trained, tmp_path):
     model, images, labels, _, _ = trained
     noisy = labels.copy()

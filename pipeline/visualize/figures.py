@@ -104,7 +104,7 @@ def activation_grid(activation: np.ndarray, title: str, out: Path, columns: int 
     mean = channels.mean(axis=(1, 2), keepdims=True)
     std = channels.std(axis=(1, 2), keepdims=True)
     scaled = np.clip((channels - mean) / np.where(std > 0, std, 1) * 0.25 + 0.5, 0, 1)
-    grid = tile(scaled, min(columns, len(channels)), margin=1)
+    grid = tile(scaled, min(columns, len(channels)), margin=1, fill=np.nan)  # white lines
     _tiled_figure(grid, title, out, cmap="viridis")
 
 

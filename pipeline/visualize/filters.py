@@ -3,7 +3,7 @@ each filter responds to most, found by gradient ascent in input space.
 
 Starting from a grey image with a little noise, each step moves the pixels along the
 gradient of the filter's mean activation, normalised to unit RMS so that the step size is
-in pixels (the book's `grads /= sqrt(mean(square(grads))) + 1e-5`). The filters of one
+in pixels (the book's `grads /= sqrt(mean(square(grads))) + 1e-5`, without the epsilon). The filters of one
 layer climb together, one image each, in one batch: image i's loss is filter i's
 activation, and no image's loss depends on another's pixels.
 """
@@ -61,7 +61,9 @@ def ascend(
             loss = tf.reduce_sum(_filter_means(extractor(images, training=False), count))
         grads = tape.gradient(loss, images)
         rms = tf.sqrt(tf.reduce_mean(tf.square(grads), axis=(1, 2, 3), keepdims=True))
-        return images + step_size * grads / (rms + 1e-5)
+        # Not the book's `rms + 1e-5`: behind x / 255 and a mean over the map, gradients
+        # are ~1e-8 and that epsilon would shrink every step to nothing.
+        return images + step_size * tf.math.divide_no_nan(grads, rms)
 
     for _ in range(steps):
         images = step(images)

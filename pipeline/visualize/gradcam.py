@@ -29,8 +29,8 @@ class GradCam:
             maps, logit = self.split(images, training=False)
             logit = tf.cast(logit[:, 0], tf.float32)
             score = tf.where(logit >= 0, logit, -logit)  # the predicted class's logit
-        # The gradient with respect to the maps the model computed (bfloat16 or float16
-        # under mixed precision), then float32 for the weighted sum.
+        # Mixed-precision models give bfloat16 maps: differentiate with respect to those,
+        # then cast (a cast copy would not be on the way to the score: no gradient).
         grads = tf.cast(tape.gradient(score, maps), tf.float32)
         maps = tf.cast(maps, tf.float32)
         weights = tf.reduce_mean(grads, axis=(1, 2))  # one weight per map
