@@ -21,7 +21,6 @@ Figures go to reports/benchmark.md (and .json) and to stdout. Not a test: nothin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -33,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from repro import write_figures  # noqa: E402
+
 DEFAULT_ARCHIVE = ROOT.parent / "shared/data/dogs-vs-cats-6000.zip"
 
 
@@ -351,10 +352,7 @@ def main() -> None:
         "epochs": epoch_times(work, args.steps),
         "throughput": throughput(work, peak),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(figures))
-    args.out.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
-    print(markdown(figures))
+    write_figures(args.out, figures, markdown(figures))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -14,7 +14,6 @@ this machine. Figures go to reports/benchmark-precision.md (and .json) and to st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -22,7 +21,16 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from repro import DEFAULT_ARCHIVE, ROOT, command, edit_params, make_project, metrics_of, timing_of
+from repro import (
+    DEFAULT_ARCHIVE,
+    ROOT,
+    command,
+    edit_params,
+    make_benchmark_project,
+    metrics_of,
+    timing_of,
+    write_figures,
+)
 
 sys.path.insert(0, str(ROOT))
 PRECISIONS = {"off": "float32", "on": "bfloat16 (CPU) / float16 (GPU)"}
@@ -84,7 +92,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="benchmark-precision-"))
     settings = [f"train.baseline.epochs={args.epochs}", f"train.seed={args.seed}"]
-    project = make_project(work, args.archive, settings + args.overrides)
+    project = make_benchmark_project(work, args.archive, settings + args.overrides)
     command(["dvc", "repro", "prepare@150"], project)
     runs, curves = {}, {}
     for switch in PRECISIONS:
@@ -101,9 +109,7 @@ def main() -> None:
         "max_val_gap": round(float(gap.max()), 4),
         "max_val_gap_epoch": int(gap.idxmax()) + 1,
     }
-    args.out.write_text(markdown(figures))
-    args.out.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
-    print(markdown(figures))
+    write_figures(args.out, figures, markdown(figures))
     shutil.rmtree(work, ignore_errors=True)
 
 

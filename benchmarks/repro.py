@@ -92,6 +92,19 @@ def make_benchmark_project(work: Path, archive: Path, overrides: list[str]) -> P
     return make_project(work / "project", data, only_lite0, dotted_patch(*overrides))
 
 
+def edit_params(project: Path, *assignments: str) -> None:
+    """`dvc exp run -S` style edits of the project's params.yaml."""
+    update_params(project, dotted_patch(*assignments))
+
+
+def write_figures(out: Path, figures: dict, text: str) -> None:
+    """A benchmark's markdown report, its figures as JSON beside it, and the report on stdout."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(text)
+
+
 def metrics_of(project: Path, name: str) -> dict:
     return json.loads((project / f"reports/metrics/{name}.json").read_text())[name]
 
@@ -124,7 +137,7 @@ def whole_repro(project: Path) -> dict:
 def head_only_change(project: Path, first: dict) -> dict:
     params = yaml.safe_load((project / "params.yaml").read_text())
     learning_rate = params["train"]["features"]["learning_rate"] * 2
-    update_params(project, {"train": {"features": {"learning_rate": learning_rate}}})
+    edit_params(project, f"train.features.learning_rate={learning_rate}")
     result = command(["dvc", "repro"], project)
     base_seconds = first[f"{BASE}_seconds"]
     return {
@@ -142,7 +155,7 @@ def fast_path(project: Path, copies: int | None) -> dict:
     on_the_fly = metrics_of(project, name), timing_of(project, name)
     params = yaml.safe_load((project / "params.yaml").read_text())
     copies = copies or params["train"]["frozen_aug"]["epochs"]
-    update_params(project, {"train": {"frozen_aug": {"cached_copies": copies}}})
+    edit_params(project, f"train.frozen_aug.cached_copies={copies}")
     result = command(
         [sys.executable, "-m", "pipeline", "train", "frozen_aug", "--base", BASE], project
     )
@@ -233,10 +246,7 @@ def main() -> None:
     print("head-only change", figures["head_only"], flush=True)
     figures["fast_path"] = fast_path(project, args.cached_copies)
     print("fast path", figures["fast_path"], flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(figures))
-    args.out.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
-    print(markdown(figures))
+    write_figures(args.out, figures, markdown(figures))
     shutil.rmtree(work, ignore_errors=True)
 
 

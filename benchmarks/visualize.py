@@ -16,14 +16,20 @@ reports/benchmark-visualize.md (and .json) and to stdout. Nothing asserts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import tempfile
 from pathlib import Path
 
 import yaml
-from repro import DEFAULT_ARCHIVE, ROOT, command, edit_params, make_project
+from repro import (
+    DEFAULT_ARCHIVE,
+    ROOT,
+    command,
+    edit_params,
+    make_benchmark_project,
+    write_figures,
+)
 
 BASES = ("vgg16", "efficientnet_lite0")
 VGG16_RANDOM = "{image_size: 150, weights: random, pooling: flatten, finetune_from: block5_conv1}"
@@ -46,7 +52,8 @@ def stages(project: Path) -> list[tuple[str, str]]:
 
 
 def quick_project(archive: Path) -> Path:
-    project = make_project(Path(tempfile.mkdtemp(prefix="benchmark-visualize-")), archive, QUICK)
+    work = Path(tempfile.mkdtemp(prefix="benchmark-visualize-"))
+    project = make_benchmark_project(work, archive, QUICK)
     edit_params(project, f"pretrained.bases.vgg16={VGG16_RANDOM}")
     training = [model.replace("-", "@", 1) for _, model in stages(project)]  # features@vgg16
     print(f"training quick models in {project}", flush=True)
@@ -108,8 +115,7 @@ def main() -> None:
     figures["models"] = measure(project)
     # Other work on the machine slows every number: say how busy it was.
     figures["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
-    args.out.write_text(markdown(figures))
-    args.out.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
+    write_figures(args.out, figures, markdown(figures))
     print(markdown(figures))
 
 
