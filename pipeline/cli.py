@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from pipeline.errors import PipelineError
-from pipeline.params import load_params
+from pipeline.params import PRETRAINED_MODELS, SCRATCH_MODELS, load_params
 
 app = typer.Typer(
     help="Dogs vs. cats (Deep Learning with Python, ch. 5) as DVC stages. "
@@ -75,8 +75,6 @@ ModelName = typer.Argument(..., help="baseline | augmented | features | frozen_a
 BaseOption = typer.Option(
     None, "--base", help="Conv base (a key of pretrained.bases); for the pretrained models."
 )
-SCRATCH_MODELS = ("baseline", "augmented")
-PRETRAINED_MODELS = ("features", "frozen_aug", "finetune")
 
 
 @stage

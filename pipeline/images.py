@@ -20,13 +20,18 @@ class UnreadableImage(ValueError):
     """Not an image Pillow can decode (or a truncated one); the message says why."""
 
 
+def square_pixels(image: Image.Image, image_size: int) -> np.ndarray:
+    """RGB, resized bilinearly to a square (like keras.utils.image_dataset_from_directory; the
+    aspect ratio is not kept, as in the book): what every model is fed, as uint8."""
+    resized = image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
+
+
 def decode(source: bytes | Path | str, image_size: int) -> np.ndarray:
     """(image_size, image_size, 3) uint8 pixels of a JPEG, PNG or WebP file or its bytes."""
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            upright = ImageOps.exif_transpose(image)
-            resized = upright.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(resized, dtype=np.uint8)
+            return square_pixels(ImageOps.exif_transpose(image), image_size)
     # Pillow's decoders raise many types on malformed data (OSError, SyntaxError, struct.error,
     # DecompressionBombError, ...): every one of them means "not a readable image".
     except FileNotFoundError:

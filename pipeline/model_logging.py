@@ -75,16 +75,12 @@ def _image_model(job, model_file: Path, tmp: Path) -> Path:
     """The model file to log: `model_file`, or for a head on features, conv base + head."""
     if not job.name.startswith("features-"):
         return model_file
-    import keras
-
-    from pipeline.models.pretrained import feature_extractor
+    from pipeline.models.pretrained import head_on_pixels
 
     base, image_size = job.tags["base"], int(job.tags["image_size"])
-    extractor = feature_extractor(
-        base, image_size, job.logged_params["pretrained"][base]["pooling"]
-    )
+    pooling = job.logged_params["pretrained"][base]["pooling"]
     head = serving.load_keras(model_file)
-    model = keras.Model(extractor.input, head(extractor.output), name=f"{job.name}_on_images")
+    model = head_on_pixels(base, image_size, pooling, head, f"{job.name}_on_images")
     model.save(tmp / "model.keras")
     return tmp / "model.keras"
 

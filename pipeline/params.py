@@ -102,6 +102,12 @@ class RuntimeParams(Section):
     jit_compile: Switch = "auto"
 
 
+# The models, in the book's order: each has its section under `train`. A pretrained model
+# is trained once per conv base of `pretrained.bases` (run and file name `<model>-<base>`).
+SCRATCH_MODELS = ("baseline", "augmented")
+PRETRAINED_MODELS = ("features", "frozen_aug", "finetune")
+
+
 class TrainParams(Section):
     seed: int = 42
     runtime: RuntimeParams

@@ -14,10 +14,11 @@ import pandas as pd
 from pipeline.files import atomic_path
 
 
-def _save(fig, out: Path) -> None:
+def save_png(fig, out: Path, dpi: int = 110) -> None:
+    """Write `fig` to `out` atomically and close it. No "Software" stamp: the bytes depend on
+    the figure only, not on the matplotlib build (DVC outputs are byte-identical on rerun)."""
     with atomic_path(out) as tmp:
-        # No "Software" stamp: the bytes depend on the figure only, not on the matplotlib build.
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
 
 
@@ -33,7 +34,7 @@ def learning_curves(history: pd.DataFrame, title: str, out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    _save(fig, out)
+    save_png(fig, out)
 
 
 def confusion_matrix(matrix: np.ndarray, classes: tuple[str, ...], title: str, out: Path) -> None:
@@ -47,7 +48,7 @@ def confusion_matrix(matrix: np.ndarray, classes: tuple[str, ...], title: str, o
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    _save(fig, out)
+    save_png(fig, out)
 
 
 def progression_chart(table: pd.DataFrame, out: Path) -> None:
@@ -69,7 +70,7 @@ def progression_chart(table: pd.DataFrame, out: Path) -> None:
     ax.set_title("Dogs vs. cats: accuracy progression")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="lower right")
-    _save(fig, out)
+    save_png(fig, out)
 
 
 def spread_chart(summary: pd.DataFrame, scores: dict[str, str], out: Path) -> None:
@@ -90,4 +91,4 @@ def spread_chart(summary: pd.DataFrame, scores: dict[str, str], out: Path) -> No
     ax.set_title("Mean and standard deviation over seeds")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper right")  # bars end below 1.0, so the top is free
-    _save(fig, out)
+    save_png(fig, out)

@@ -9,7 +9,7 @@ import pandas as pd
 from pipeline import plots, registry, tracking
 from pipeline.errors import PipelineError
 from pipeline.files import write_text
-from pipeline.params import Params
+from pipeline.params import PRETRAINED_MODELS, SCRATCH_MODELS, Params
 from pipeline.paths import METRICS_DIR, PROGRESSION_MD, PROGRESSION_PNG
 from pipeline.run_record import read_metrics
 
@@ -25,8 +25,8 @@ BOOK = {
 
 def expected_runs(params: Params) -> list[tuple[str, str, str]]:
     """(run name, model, base) of every model the current params train, in the book's order."""
-    runs = [("baseline", "baseline", "none"), ("augmented", "augmented", "none")]
-    for model in ("features", "frozen_aug", "finetune"):
+    runs = [(model, model, "none") for model in SCRATCH_MODELS]
+    for model in PRETRAINED_MODELS:
         runs += [(f"{model}-{base}", model, base) for base in params.pretrained.bases]
     return runs
 

@@ -25,8 +25,8 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, Schema
 from PIL import Image
 
-from pipeline.data import CLASSES
-from pipeline.images import UnreadableImage, decode
+from pipeline.data import CLASSES, predicted_labels
+from pipeline.images import UnreadableImage, decode, square_pixels
 
 KERAS_ARTIFACT = "keras_model"
 IMAGE, PIXELS = "image", "pixels"
@@ -69,7 +69,7 @@ def classify(model, pixels: np.ndarray) -> pd.DataFrame:
 
 
 def labels(p_dog: np.ndarray) -> np.ndarray:
-    return np.where(p_dog > 0.5, CLASSES[1], CLASSES[0])  # as evaluate() counts a dog
+    return np.asarray(CLASSES)[predicted_labels(p_dog)]
 
 
 def pixels_of(frame, image_size: int) -> np.ndarray:
@@ -100,7 +100,7 @@ def resize(pixels, image_size: int) -> np.ndarray:
     array = np.rint(array).astype(np.uint8)
     if array.shape[:2] == (image_size, image_size):
         return array
-    return np.asarray(Image.fromarray(array).resize((image_size, image_size), Image.BILINEAR))
+    return square_pixels(Image.fromarray(array), image_size)
 
 
 def _invalid(message: str) -> MlflowException:

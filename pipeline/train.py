@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import model_logging, paths, plots, resume, run_record, runtime, tracking
-from pipeline.data import CLASSES
+from pipeline.data import CLASSES, predicted_labels
 from pipeline.data.dataset import make_dataset
 from pipeline.files import atomic_path
 from pipeline.model_io import save_keras
@@ -156,7 +156,7 @@ def evaluate(job: Job, model: keras.Model, history: pd.DataFrame):
     x_test, y_test = job.data.test
     test_ds = make_dataset(x_test, y_test, job.fit.batch_size)
     test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
-    predicted = (model.predict(test_ds, verbose=0).ravel() > 0.5).astype(int)
+    predicted = predicted_labels(model.predict(test_ds, verbose=0).ravel())
     confusion = np.zeros((2, 2), dtype=int)
     np.add.at(confusion, (y_test.ravel().astype(int), predicted), 1)
     return run_record.scores(history, test_loss, test_accuracy), confusion

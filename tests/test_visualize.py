@@ -26,6 +26,7 @@ from pipeline.models.pretrained import (
     extract_features,
     feature_extractor,
     frozen_base_model,
+    head_on_pixels,
 )
 from pipeline.models.scratch import build_convnet
 from pipeline.params import FilterPatternParams, VisualizeParams, load_params
@@ -34,7 +35,7 @@ from pipeline.visualize.activations import activation_layer_names, activations
 from pipeline.visualize.anatomy import head_after_base
 from pipeline.visualize.gradcam import GradCam, peaks, upsample
 from pipeline.visualize.mistakes import balanced_sample, worst_mistakes
-from pipeline.visualize.stage import draw_mistakes, features_pixel_model, pattern_source
+from pipeline.visualize.stage import draw_mistakes, pattern_source
 from pipeline.visualize.target import Target
 
 SIZE, PATCH = 64, 12
@@ -179,7 +180,7 @@ def test_gradcam_through_a_nested_conv_base(tmp_path, monkeypatch):
     np.testing.assert_allclose(from_features, p_dog, rtol=1e-4)  # the cached-features path
 
     head = dense_head(512, 8, 0.5, "features_vgg16")
-    pixel_model = features_pixel_model("vgg16", 32, "flatten", head)
+    pixel_model = head_on_pixels("vgg16", 32, "flatten", head, "features-vgg16")
     heats, p_dog = GradCam(pixel_model)(images)
     assert heats.shape == (6, 2, 2)
     np.testing.assert_allclose(p_dog, head.predict(features, verbose=0).ravel(), rtol=1e-4)

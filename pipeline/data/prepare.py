@@ -17,6 +17,7 @@ from pipeline.data import CLASSES
 from pipeline.data.split import SPLITS, read_split
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
+from pipeline.images import square_pixels
 from pipeline.paths import PREPARED_DIR, SPLIT_FILE
 
 
@@ -26,9 +27,7 @@ def prepared_dir(image_size: int, root: Path = PREPARED_DIR) -> Path:
 
 def load_image(path: str, image_size: int) -> np.ndarray:
     with Image.open(path) as image:
-        # Bilinear, like keras.utils.image_dataset_from_directory; aspect ratio not kept, as the book.
-        image = image.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
+        return square_pixels(image, image_size)
 
 
 def prepare(image_size: int, split_file: Path = SPLIT_FILE, root: Path = PREPARED_DIR) -> Path:

@@ -26,6 +26,15 @@ def feature_extractor(base_name: str, image_size: int, pooling: str) -> keras.Mo
     return keras.Model(inputs, outputs, name=f"{base_name}_features")
 
 
+def head_on_pixels(
+    base_name: str, image_size: int, pooling: str, head: keras.Model, name: str
+) -> keras.Model:
+    """Raw pixels -> the frozen base as extract@<base> runs it -> `head`, a dense head trained
+    on its cached features: the features model as one that takes images."""
+    extractor = feature_extractor(base_name, image_size, pooling)
+    return keras.Model(extractor.inputs, head(extractor.outputs[0]), name=name)
+
+
 def extract_features(
     extractor: keras.Model, images: np.ndarray, batch_size: int = 32
 ) -> np.ndarray:

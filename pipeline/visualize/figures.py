@@ -14,7 +14,8 @@ matplotlib.use("Agg")  # stages run headless
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipeline.data import CLASSES
+from pipeline.data import CLASSES, predicted_labels
+from pipeline.plots import save_png
 
 HEAT_ALPHA = 0.4  # keras.io's Grad-CAM overlay weight
 
@@ -30,7 +31,7 @@ def caption(label: int, p_dog: float) -> str:
 
 
 def _is_wrong(label: int, p_dog: float) -> bool:
-    return (p_dog > 0.5) != bool(label)
+    return bool(predicted_labels(p_dog) != label)
 
 
 def picture_grid(
@@ -51,7 +52,7 @@ def picture_grid(
     if not pictures:
         axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=14)
     fig.suptitle(title, fontsize=11)
-    save(fig, out)
+    save_png(fig, out, dpi=100)
 
 
 def heatmap_grid(images, heats, labels, p_dog, title: str, out: Path) -> None:
@@ -120,11 +121,4 @@ def _tiled_figure(grid: np.ndarray, title: str, out: Path, cmap: str | None = No
     ax.imshow(grid, cmap=cmap, interpolation="nearest", vmin=0, vmax=1)
     ax.axis("off")
     ax.set_title(title, fontsize=10)
-    save(fig, out)
-
-
-def save(fig, out: Path) -> None:
-    """Callers write into a folder that is swapped in whole (io.atomic_dir)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    save_png(fig, out, dpi=100)

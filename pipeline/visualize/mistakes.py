@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.data import predicted_labels
+
 # Clipping as keras.losses.binary_crossentropy does, so a certain wrong answer has a
 # finite loss and ties among them keep their order.
 EPSILON = 1e-7
@@ -18,7 +20,7 @@ def losses(p_dog: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def worst_mistakes(p_dog: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
     """Indices of the misclassified images of highest loss, worst first (fewer than
     `count` when the model makes fewer mistakes)."""
-    wrong = np.flatnonzero((p_dog > 0.5).astype(int) != labels)
+    wrong = np.flatnonzero(predicted_labels(p_dog) != labels)
     order = np.argsort(-losses(p_dog[wrong], labels[wrong]), kind="stable")
     return wrong[order[:count]]
 

@@ -20,17 +20,17 @@ import keras
 import numpy as np
 
 from pipeline import paths
-from pipeline.data import CLASSES
+from pipeline.data import CLASSES, predicted_labels
 from pipeline.data.prepare import load_prepared
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
-from pipeline.params import Params, VisualizeParams
+from pipeline.params import SCRATCH_MODELS, Params, VisualizeParams
 from pipeline.visualize import figures, filters
 from pipeline.visualize.activations import activations
 from pipeline.visualize.anatomy import conv_layer_names, head_after_base
 from pipeline.visualize.gradcam import GradCam, upsample
 from pipeline.visualize.mistakes import balanced_sample, losses, worst_mistakes
-from pipeline.visualize.target import SCRATCH_MODELS, Target, resolve
+from pipeline.visualize.target import Target, resolve
 
 
 def load_model(params: Params, target: Target) -> tuple[keras.Model, keras.Model]:
@@ -43,16 +43,13 @@ def load_model(params: Params, target: Target) -> tuple[keras.Model, keras.Model
     saved = keras.models.load_model(path, compile=False)
     if target.kind != "features":
         return saved, saved
+    from pipeline.models.pretrained import head_on_pixels
+
     settings = params.pretrained.bases[target.base]
-    return saved, features_pixel_model(target.base, settings.image_size, settings.pooling, saved)
-
-
-def features_pixel_model(base: str, image_size: int, pooling: str, head: keras.Model):
-    """Raw pixels -> the conv base as extract@<base> runs it -> the trained dense head."""
-    from pipeline.models.pretrained import feature_extractor
-
-    extractor = feature_extractor(base, image_size, pooling)
-    return keras.Model(extractor.inputs, head(extractor.outputs[0]), name=f"features-{base}")
+    pixel_model = head_on_pixels(
+        target.base, settings.image_size, settings.pooling, saved, target.name
+    )
+    return saved, pixel_model
 
 
 def predict_test_set(target: Target, saved: keras.Model, model: keras.Model, images) -> np.ndarray:
@@ -139,7 +136,7 @@ def draw_mistakes(
 ) -> np.ndarray:
     """The gallery of the worst mistakes; returns the indices of the test images shown."""
     worst = worst_mistakes(p_dog, labels, settings.mistakes)
-    wrong = int(((p_dog > 0.5).astype(int) != labels).sum())
+    wrong = int((predicted_labels(p_dog) != labels).sum())
     title = (
         f"{target.name}: the {len(worst)} most confident mistakes "
         f"({wrong} of {len(labels)} test images wrong); photo, then Grad-CAM"

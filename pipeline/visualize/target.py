@@ -6,12 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.params import Params
-from pipeline.paths import FIGURES_DIR, MODELS_DIR
-
-SCRATCH_MODELS = ("baseline", "augmented")
-PRETRAINED_MODELS = ("features", "frozen_aug", "finetune")
+from pipeline.params import PRETRAINED_MODELS, SCRATCH_MODELS, Params
 
 
 @dataclass(frozen=True)
@@ -30,11 +27,11 @@ class Target:
 
     @property
     def model_file(self) -> Path:
-        return MODELS_DIR / f"{self.name}.keras"
+        return paths.model_file(self.name)
 
     @property
     def folder(self) -> Path:
-        return FIGURES_DIR / self.name / "visualize"
+        return paths.figures_dir(self.name) / "visualize"
 
 
 def resolve(params: Params, name: str) -> Target:
