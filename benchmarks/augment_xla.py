@@ -41,11 +41,11 @@ def measure_epoch(xla: bool, steps: int) -> dict:
     seconds of the process: steadier when other work shares the cores), and its loss."""
     import keras
 
+    from pipeline.core.params import AugmentationParams
     from pipeline.data.dataset import make_dataset
     from pipeline.models.augment import augmentation
     from pipeline.models.scratch import build_convnet
-    from pipeline.params import AugmentationParams
-    from pipeline.train import compile_model
+    from pipeline.training.train import compile_model
 
     keras.utils.set_random_seed(0)
     model = build_convnet(SIZE, 0.5, augmentation(AugmentationParams(), 0))

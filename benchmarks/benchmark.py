@@ -10,7 +10,7 @@ In one run, on this machine, on the real images:
    from folders with keras.utils.image_dataset_from_directory every epoch, with the same
    model, augmentation and batch size; and ours with bfloat16 mixed precision. The reference
    augments with Keras 3's stock layers (one resampling each), ours with one affine map.
-   "default" is what `mixed_precision: auto` picks on this machine (pipeline/precision.py):
+   "default" is what `mixed_precision: auto` picks on this machine (pipeline/training/precision.py):
    its ratio to plain Keras is what a user gets without touching a setting;
 3. images per second of conv-base feature extraction (VGG16, EfficientNet-Lite0) and of
    baseline training, as a fraction of the FLOP limit: model FLOPs per image x images/s
@@ -152,13 +152,13 @@ def epoch_times(work: Path, steps: int) -> dict:
     import keras
     import pandas as pd
 
-    from pipeline import precision
+    from pipeline.core.params import load_params
     from pipeline.data.dataset import make_dataset
     from pipeline.data.prepare import load_prepared
     from pipeline.models.augment import augmentation
     from pipeline.models.scratch import build_convnet
-    from pipeline.params import load_params
-    from pipeline.train import compile_model
+    from pipeline.training import precision
+    from pipeline.training.train import compile_model
 
     os.chdir(work)
     params = load_params()
@@ -230,7 +230,7 @@ def throughput(work: Path, peak_gflops: float, n_images: int = 384) -> dict:
     from pipeline.data.prepare import load_prepared
     from pipeline.models.bases import BASES
     from pipeline.models.scratch import build_convnet
-    from pipeline.train import compile_model
+    from pipeline.training.train import compile_model
 
     os.chdir(work)
     results = {}

@@ -78,7 +78,7 @@ def markdown(figures: dict) -> str:
 
 
 def main() -> None:
-    from pipeline import precision
+    from pipeline.training import precision
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)

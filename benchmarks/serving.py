@@ -7,7 +7,7 @@ with it, serving it.
 In a fresh git + DVC copy of the project (benchmarks/repro.py's, data.source = the archive):
 1. `dvc repro baseline` with `train.baseline.epochs` = --epochs (a quick baseline: the
    figures below do not depend on how well it learned);
-2. the seconds `model_logging.log_model` adds to a training stage, timed on the baseline in
+2. the seconds `logged_model.log_model` adds to a training stage, timed on the baseline in
    a run of its own (MLflow loads the model once to check the input example);
 3. the baseline registered and made `champion` (registry.crown_champion on it alone);
 4. in a fresh process: seconds to import and load `models:/dogs-vs-cats@champion`, then
@@ -41,14 +41,17 @@ LOG_AND_REGISTER = """
 import json, time
 from types import SimpleNamespace
 import mlflow, pandas as pd
-from pipeline import model_logging, paths, registry, tracking
+from pipeline.serving import logged_model
+from pipeline.core import paths
+from pipeline.tracking import registry
+from pipeline.tracking import store
 details = json.loads((paths.DETAILS_DIR / "baseline.json").read_text())
 job = SimpleNamespace(name="baseline", stage="baseline", logged_params={},
                       tags={k: details[k] for k in ("base", "image_size", "split_sha256")})
-tracking.connect()
+store.connect()
 with mlflow.start_run(run_name="benchmark-log-model"):
     started = time.perf_counter()
-    model_logging.log_model(job, paths.model_file("baseline"))
+    logged_model.log_model(job, paths.model_file("baseline"))
     seconds = time.perf_counter() - started
 row = {k: metrics[k] for k in ("best_val_accuracy", "test_accuracy")}
 registry.crown_champion(pd.DataFrame([{"model": "baseline", **row}]), "dogs-vs-cats")
@@ -61,7 +64,7 @@ started = time.perf_counter()
 import contextlib, io, json, sys
 from pathlib import Path
 import pandas as pd
-from pipeline import predict
+from pipeline.serving import predict
 classifier = predict.load_classifier(sys.argv[1])
 load_seconds = time.perf_counter() - started
 split = pd.read_csv("data/split.csv")

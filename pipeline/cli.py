@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from pipeline.errors import PipelineError
-from pipeline.params import PRETRAINED_MODELS, SCRATCH_MODELS, load_params
+from pipeline.core import catalog
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import load_params
 
 app = typer.Typer(
     help="Dogs vs. cats (Deep Learning with Python, ch. 5) as DVC stages. "
@@ -71,7 +72,7 @@ def prepare(
     prepare(image_size)
 
 
-ModelName = typer.Argument(..., help="baseline | augmented | features | frozen_aug | finetune")
+ModelName = typer.Argument(..., help=" | ".join(catalog.KINDS))
 BaseOption = typer.Option(
     None, "--base", help="Conv base (a key of pretrained.bases); for the pretrained models."
 )
@@ -80,38 +81,34 @@ BaseOption = typer.Option(
 @stage
 def train(model: str = ModelName, base: str = BaseOption) -> None:
     """Train one model, evaluate it on test, write models/ and reports/, log an MLflow run."""
-    from pipeline import tracking
+    import importlib
+
+    from pipeline.tracking import store
 
     params = load_params()
-    tracking.check_reachable(tracking.tracking_uri())  # in a second, before TensorFlow loads
-    from pipeline import stages
-
-    if model in SCRATCH_MODELS:
-        getattr(stages, model)(params)
-    elif model in PRETRAINED_MODELS:
-        if base is None:
-            raise PipelineError(f"train {model}: give the conv base with --base")
-        getattr(stages, model)(params, base)
-    else:
-        raise PipelineError(
-            f"train: unknown model {model!r}; one of {', '.join(SCRATCH_MODELS + PRETRAINED_MODELS)}"
-        )
+    trained = catalog.trained_model(params, model, base)  # a bad name fails before TensorFlow
+    store.check_reachable(store.tracking_uri())  # in a second, before TensorFlow loads
+    # The catalog names the function that trains each model (tests/test_stage_deps.py
+    # follows the same name to check that dvc.yaml declares all the code it runs).
+    module, function = trained.kind.trained_by.split(":")
+    stage_function = getattr(importlib.import_module(module), function)
+    stage_function(params, base) if trained.base else stage_function(params)
 
 
 @stage
 def base_weights(base: str = typer.Argument(..., help="A key of pretrained.bases.")) -> None:
     """Resolve pretrained.bases.<base>.weights into models/bases/<base>.weights.h5."""
-    from pipeline import stages
+    from pipeline.training import pretrained
 
-    stages.base_weights(load_params(), base)
+    pretrained.base_weights(load_params(), base)
 
 
 @stage
 def extract(base: str = typer.Argument(..., help="A key of pretrained.bases.")) -> None:
     """Run the frozen conv base once over every split into data/features/<base>/."""
-    from pipeline import stages
+    from pipeline.training import pretrained
 
-    stages.extract(load_params(), base)
+    pretrained.extract(load_params(), base)
 
 
 @stage
@@ -122,12 +119,13 @@ def visualize(
 ) -> None:
     """Grad-CAM, worst mistakes, activations, filter patterns of one trained model into
     reports/figures/<model>/visualize/; logged to the model's MLflow run."""
-    from pipeline import tracking
-    from pipeline.visualize.target import resolve
-
+    from pipeline.tracking import store
     params = load_params()
-    resolve(params, model)  # in a second, before TensorFlow loads
-    tracking.check_reachable(tracking.tracking_uri())
+    try:
+        catalog.by_name(params, model)  # in a second, before TensorFlow loads
+    except PipelineError as exc:
+        raise PipelineError(f"visualize: {exc}") from None
+    store.check_reachable(store.tracking_uri())
     from pipeline.visualize.stage import visualize as draw_figures
 
     draw_figures(params, model)
@@ -136,7 +134,7 @@ def visualize(
 @stage
 def report() -> None:
     """Write reports/progression.md and .png from every model's metrics; log them to MLflow."""
-    from pipeline.report import report
+    from pipeline.reporting.report import report
 
     report(load_params())
 
@@ -161,11 +159,11 @@ def predict(
     batch_size: int = BatchOption,
 ) -> None:
     """Cat or dog for photos: one line per image (file, label, P(dog)); exit 1 if any failed."""
-    from pipeline.predict import predict as predict_images
+    from pipeline.serving.predict import predict as predict_images
 
     if model is None:  # params.yaml names the registered model, where there is one
-        from pipeline.params import RegistryParams
-        from pipeline.paths import PARAMS_FILE
+        from pipeline.core.params import RegistryParams
+        from pipeline.core.paths import PARAMS_FILE
 
         registry = load_params().registry if PARAMS_FILE.is_file() else RegistryParams()
         model = f"models:/{registry.model_name}@champion"
@@ -195,7 +193,7 @@ def compare(
     """Not a stage: each model's accuracy as mean ± std over seeds, from the MLflow store."""
     import shlex
 
-    from pipeline.compare import Selection, run_compare
+    from pipeline.reporting.compare import Selection, run_compare
 
     selection = Selection(over, tuple(by or ()), tuple(model or ()), commit, since, where)
     run_compare(selection, "".join(" " + shlex.quote(a) for a in sys.argv[2:]))

@@ -51,27 +51,24 @@ def reloaded_scores(name: str, image_size: int | None) -> dict:
 
 def main(out: Path) -> None:
     sys.path.insert(0, str(Path.cwd()))  # the project's copy, as `python -m pipeline` uses
-    from pipeline import runtime, stages
-    from pipeline.params import load_params
+    from pipeline.core.params import load_params
+    from pipeline.training import pretrained, runtime, scratch
 
     params = load_params()
     scratch_size = params.train.baseline.image_size
     base_size = params.pretrained.bases[BASE].image_size
     steps = {
-        "baseline": (lambda: stages.baseline(params), scratch_size),
-        "augmented": (lambda: stages.augmented(params), scratch_size),
-        f"features-{BASE}": (lambda: stages.features(params, BASE), None),
-        f"frozen_aug-{BASE}": (lambda: stages.frozen_aug(params, BASE), base_size),
-        f"finetune-{BASE}": (lambda: stages.finetune(params, BASE), base_size),
-    }
-    results = {
-        "jit_compile": runtime.jit_compile(params.train.runtime),
-        "precision": runtime.precision_policy(params.train.runtime),
+        "baseline": (lambda: scratch.baseline(params), scratch_size),
+        "augmented": (lambda: scratch.augmented(params), scratch_size),
+        f"features-{BASE}": (lambda: pretrained.features(params, BASE), None),
+        f"frozen_aug-{BASE}": (lambda: pretrained.frozen_aug(params, BASE), base_size),
+        f"finetune-{BASE}": (lambda: pretrained.finetune(params, BASE), base_size),
     }
     # First, as in every stage process: logical CPUs before TensorFlow starts.
-    runtime.setup(params.train.runtime, params.train.seed)
-    stages.base_weights(params, BASE)
-    stages.extract(params, BASE, batch_size=8)
+    setup = runtime.setup(params.train.runtime, params.train.seed)
+    results = {"jit_compile": setup.jit_compile, "precision": setup.precision}
+    pretrained.base_weights(params, BASE)
+    pretrained.extract(params, BASE, batch_size=8)
     for name, (train, image_size) in steps.items():
         try:
             metrics = train()

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from pipeline.core.params import AugmentationParams
 from pipeline.models.augment import BookAugmentation, augmentation, book_transforms
-from pipeline.params import AugmentationParams
 
 
 def image_data_generator(image, theta, tx, ty, shear, zx, zy, flip):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from projects import run, tiny_project, update_params
 
-from pipeline.compare import Selection, holm, pairwise
+from pipeline.reporting.compare import Selection, holm, pairwise
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +54,8 @@ def trained(project):
     """The trainings above, in this process, as `python -m pipeline train` runs them."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline import stages
-    from pipeline.params import load_params
+    from pipeline.core.params import load_params
+    from pipeline.training import scratch
 
     patch = pytest.MonkeyPatch()
     patch.chdir(project)
@@ -64,7 +64,7 @@ def trained(project):
     try:
         for model, seed, epochs in TRAININGS:
             update_params(project, {"train": {"seed": seed, model: {"epochs": epochs}}})
-            getattr(stages, model)(load_params())
+            getattr(scratch, model)(load_params())
     finally:
         signal.signal(signal.SIGTERM, sigterm)
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
@@ -75,7 +75,7 @@ def trained(project):
 
 
 def test_table_holds_mean_and_std_of_the_runs_that_count(trained):
-    from pipeline.compare import run_compare
+    from pipeline.reporting.compare import run_compare
 
     assert len(trained) == len(TRAININGS)
     summary = run_compare(Selection()).set_index("group")
@@ -104,7 +104,7 @@ def test_table_holds_mean_and_std_of_the_runs_that_count(trained):
 
 
 def test_filters_and_grouping_by_a_chosen_param(trained):
-    from pipeline.compare import run_compare
+    from pipeline.reporting.compare import run_compare
 
     three_epochs = "params.`train.baseline.epochs` = '3'"
     summary = run_compare(Selection(models=("baseline",), where=three_epochs))
@@ -123,7 +123,7 @@ def test_filters_and_grouping_by_a_chosen_param(trained):
 def test_grouping_by_a_param_pools_the_others_and_says_so():
     import pandas as pd
 
-    from pipeline.compare import group_runs
+    from pipeline.reporting.compare import group_runs
 
     runs = pd.DataFrame(
         {

@@ -5,10 +5,10 @@ import zipfile
 import pytest
 from synthetic import corrupt_jpeg, write_archive
 
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import DataParams
 from pipeline.data.download import download
 from pipeline.data.fetch import fetch_archive
-from pipeline.errors import PipelineError
-from pipeline.params import DataParams
 
 
 @pytest.fixture

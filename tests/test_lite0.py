@@ -20,8 +20,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.models import lite0
-from pipeline.models.torch_legacy import load_legacy_state_dict
+from pipeline.models.efficientnet_lite0 import lite0
+from pipeline.models.efficientnet_lite0.torch_legacy import load_legacy_state_dict
 
 
 def preprocess_input(x):

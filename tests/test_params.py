@@ -5,8 +5,8 @@ import pytest
 import yaml
 from projects import ROOT, make_project, update_params
 
-from pipeline.errors import PipelineError
-from pipeline.params import load_params
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import load_params
 
 
 def write(tmp_path, update):

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from projects import ONLY_VGG16, ran_stages, run, tiny_project, update_params
 
-from pipeline.precision import choose, this_cpu_flags
-from pipeline.run_record import read_metrics
+from pipeline.core.files import read_metrics
+from pipeline.training.precision import choose, this_cpu_flags
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.precision import choose, cpu_flags
+from pipeline.training.precision import choose, cpu_flags
 
 # Abridged /proc/cpuinfo texts of real machines (one processor each).
 SAPPHIRE_RAPIDS = """processor\t: 0

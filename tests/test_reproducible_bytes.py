@@ -21,7 +21,7 @@ def test_the_same_model_built_and_saved_twice_gives_the_same_bytes(tmp_path):
     import keras
     import numpy as np
 
-    from pipeline.model_io import FIXED_ZIP_DATE, save_keras
+    from pipeline.models.model_io import FIXED_ZIP_DATE, save_keras
 
     def build():
         keras.utils.set_random_seed(0)

@@ -27,7 +27,7 @@ from PIL import Image
 from projects import ONLY_VGG16, command_env, merge_patch, run, tiny_project
 from synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image
 
-from pipeline.run_record import read_metrics
+from pipeline.core.files import read_metrics
 
 NAME = "dogs-vs-cats"
 MODELS = ["baseline", "augmented", "features-vgg16", "frozen_aug-vgg16", "finetune-vgg16"]
@@ -255,7 +255,7 @@ def test_predict_with_no_champion_says_to_run_dvc_repro(tmp_path):
 
 
 def test_decode_applies_exif_orientation():
-    from pipeline.images import decode
+    from pipeline.data.images import decode
 
     rng = np.random.default_rng(3)
     upright = Image.fromarray(rng.integers(0, 255, (40, 24, 3), dtype=np.uint8)).resize((80, 48))
@@ -272,7 +272,7 @@ def test_decode_applies_exif_orientation():
 def test_pixels_and_bad_input_of_the_pyfunc():
     from mlflow.exceptions import MlflowException
 
-    from pipeline.serving import pixels_of
+    from pipeline.serving.inference import pixels_of
 
     pixels = np.random.default_rng(0).integers(0, 256, (2, 20, 30, 3))
     batch = pixels_of(pd.DataFrame({"pixels": list(pixels)}), 16)

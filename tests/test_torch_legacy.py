@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from pipeline.models.torch_legacy import UnsafePickleError, load_legacy_state_dict
+from pipeline.models.efficientnet_lite0.torch_legacy import (
+    UnsafePickleError,
+    load_legacy_state_dict,
+)
 
 MAGIC = 0x1950A86A20F9469CFC6C
 SYS_INFO = {

@@ -12,7 +12,7 @@ import psutil
 import pytest
 from projects import params_patched, ran_stages, run, tiny_project, update_params
 
-from pipeline.run_record import read_metrics
+from pipeline.core.files import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +181,7 @@ def test_a_backup_damaged_by_a_kill_falls_back_or_starts_afresh(tmp_path):
     """SIGKILL can land while Keras writes its backup: use the previous one, else start over."""
     import h5py
 
-    from pipeline.resume import completed_epochs
+    from pipeline.training.resume import completed_epochs
 
     (tmp_path / "history.csv").write_text("epoch,loss\n1,0.6\n2,0.5\n3,0.4\n")
     (tmp_path / "latest.weights.h5").write_bytes(b"half-written")

@@ -17,7 +17,9 @@ import pytest
 from projects import ROOT, update_params
 from synthetic import patch_images
 
-from pipeline.errors import PipelineError
+from pipeline.core.catalog import KINDS, TrainedModel
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import FilterPatternParams, VisualizeParams, load_params
 from pipeline.models.augment import BookAugmentation
 from pipeline.models.bases import save_base_weights
 from pipeline.models.preprocess import Preprocess
@@ -29,14 +31,12 @@ from pipeline.models.pretrained import (
     head_on_pixels,
 )
 from pipeline.models.scratch import build_convnet
-from pipeline.params import FilterPatternParams, VisualizeParams, load_params
 from pipeline.visualize import filters
 from pipeline.visualize.activations import activation_layer_names, activations
 from pipeline.visualize.anatomy import head_after_base
 from pipeline.visualize.gradcam import GradCam, peaks, upsample
 from pipeline.visualize.mistakes import balanced_sample, worst_mistakes
 from pipeline.visualize.stage import draw_mistakes, pattern_source
-from pipeline.visualize.target import Target
 
 SIZE, PATCH = 64, 12
 
@@ -113,7 +113,7 @@ def test_mistakes_gallery_holds_the_misclassified_images_of_highest_loss(trained
     expected = wrong[np.argsort(-np.asarray(loss)[wrong])]
     assert len(wrong) >= 12
 
-    target = Target("patch_finder", "baseline", None, SIZE)
+    target = TrainedModel(KINDS["baseline"], None, SIZE)
     settings = VisualizeParams(mistakes=8, filters=FilterPatternParams())
     shown = draw_mistakes(target, GradCam(model), images, noisy, p_dog, tmp_path, settings)
     assert list(shown) == list(expected[:8])
@@ -187,7 +187,7 @@ def test_gradcam_through_a_nested_conv_base(tmp_path, monkeypatch):
 
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     update_params(tmp_path, {"visualize": {"filters": {"layers": {"vgg16": ["block9_conv1"]}}}})
-    target = Target("features-vgg16", "features", "vgg16", 32)
+    target = TrainedModel(KINDS["features"], "vgg16", 32)
     with pytest.raises(PipelineError) as err:
         pattern_source(load_params(tmp_path / "params.yaml"), target, pixel_model)
     assert "visualize.filters.layers.vgg16: vgg16 has no layer block9_conv1" in str(err.value)

@@ -21,12 +21,12 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import atomic_dir, write_text
+from pipeline.core.params import DataParams
+from pipeline.core.paths import DOWNLOAD_REPORT, IMAGES_DIR
 from pipeline.data import CLASSES
 from pipeline.data.fetch import fetch_archive
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_dir, write_text
-from pipeline.params import DataParams
-from pipeline.paths import DOWNLOAD_REPORT, IMAGES_DIR
 
 CHUNK = 512  # images verified per batch: bounded memory
 

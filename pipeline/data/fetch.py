@@ -15,9 +15,9 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from pipeline.errors import PipelineError
-from pipeline.files import CHUNK, sha256_of
-from pipeline.paths import DOWNLOAD_CACHE, project_root
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import CHUNK, sha256_of
+from pipeline.core.paths import DOWNLOAD_CACHE, project_root
 
 RETRIES = 5
 TIMEOUT_SECONDS = 30

@@ -13,12 +13,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import atomic_dir
+from pipeline.core.paths import PREPARED_DIR, SPLIT_FILE
 from pipeline.data import CLASSES
+from pipeline.data.images import square_pixels
 from pipeline.data.split import SPLITS, read_split
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_dir
-from pipeline.images import square_pixels
-from pipeline.paths import PREPARED_DIR, SPLIT_FILE
 
 
 def prepared_dir(image_size: int, root: Path = PREPARED_DIR) -> Path:

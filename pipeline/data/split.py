@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import atomic_path
+from pipeline.core.params import SplitParams
+from pipeline.core.paths import IMAGES_DIR, SPLIT_FILE
 from pipeline.data import CLASSES
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_path
-from pipeline.params import SplitParams
-from pipeline.paths import IMAGES_DIR, SPLIT_FILE
 
 SPLITS = ("train", "validation", "test")
 

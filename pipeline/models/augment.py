@@ -29,7 +29,7 @@ import math
 import keras
 from keras import ops
 
-from pipeline.params import AugmentationParams
+from pipeline.core.params import AugmentationParams
 
 
 def book_transforms(theta, tx, ty, shear, zx, zy, flip, height: int, width: int):

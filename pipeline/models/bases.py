@@ -18,10 +18,10 @@ from pathlib import Path
 
 import keras
 
-from pipeline.errors import PipelineError
-from pipeline.model_io import save_keras
+from pipeline.core.errors import PipelineError
+from pipeline.core.paths import base_weights_file
+from pipeline.models.model_io import save_keras
 from pipeline.models.preprocess import Preprocess
-from pipeline.paths import base_weights_file
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,13 @@ def _vgg16_save_weights(weights: str, out: Path, seed: int) -> None:
 
 
 def _lite0_build(image_size: int) -> keras.Model:
-    from pipeline.models.lite0 import build_efficientnet_lite0
+    from pipeline.models.efficientnet_lite0.lite0 import build_efficientnet_lite0
 
     return build_efficientnet_lite0((image_size, image_size, 3), include_top=False)
 
 
 def _lite0_save_weights(weights: str, out: Path, seed: int) -> None:
-    from pipeline.models import lite0
+    from pipeline.models.efficientnet_lite0 import lite0
 
     key = "pretrained.bases.efficientnet_lite0.weights"
     if weights == "imagenet":
@@ -90,13 +90,13 @@ def _lite0_save_weights(weights: str, out: Path, seed: int) -> None:
 
 
 def _lite0_for_inference(base: keras.Model) -> keras.Model:
-    from pipeline.models.lite0 import fold_batch_norm
+    from pipeline.models.efficientnet_lite0.lite0 import fold_batch_norm
 
     return fold_batch_norm(base)
 
 
 def _lite0_preprocess() -> Preprocess:
-    from pipeline.models.lite0 import PREPROCESS_OFFSET, PREPROCESS_SCALE
+    from pipeline.models.efficientnet_lite0.lite0 import PREPROCESS_OFFSET, PREPROCESS_SCALE
 
     return Preprocess("affine", scale=PREPROCESS_SCALE, offset=PREPROCESS_OFFSET)
 

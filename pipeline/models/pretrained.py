@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.models.bases import BASES, load_base
 
 

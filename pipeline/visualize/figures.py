@@ -14,8 +14,9 @@ matplotlib.use("Agg")  # stages run headless
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipeline.data import CLASSES, predicted_labels
-from pipeline.plots import save_png
+from pipeline.data import CLASSES
+from pipeline.reporting.plots import save_png
+from pipeline.serving.inference import predicted_labels
 
 HEAT_ALPHA = 0.4  # keras.io's Grad-CAM overlay weight
 

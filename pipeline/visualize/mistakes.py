@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.data import predicted_labels
+from pipeline.serving.inference import predicted_labels
 
 # Clipping as keras.losses.binary_crossentropy does, so a certain wrong answer has a
 # finite loss and ties among them keep their order.

@@ -19,21 +19,22 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline import paths
-from pipeline.data import CLASSES, predicted_labels
+from pipeline.core import catalog, paths
+from pipeline.core.catalog import TrainedModel
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import atomic_dir
+from pipeline.core.params import Params, VisualizeParams
+from pipeline.data import CLASSES
 from pipeline.data.prepare import load_prepared
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_dir
-from pipeline.params import SCRATCH_MODELS, Params, VisualizeParams
+from pipeline.serving.inference import predicted_labels
 from pipeline.visualize import figures, filters
 from pipeline.visualize.activations import activations
 from pipeline.visualize.anatomy import conv_layer_names, head_after_base
 from pipeline.visualize.gradcam import GradCam, upsample
 from pipeline.visualize.mistakes import balanced_sample, losses, worst_mistakes
-from pipeline.visualize.target import Target, resolve
 
 
-def load_model(params: Params, target: Target) -> tuple[keras.Model, keras.Model]:
+def load_model(params: Params, target: TrainedModel) -> tuple[keras.Model, keras.Model]:
     """(the saved model, a model from raw pixels to P(dog)). They are the same model except
     for features-<base>, a dense head on cached features: its pixel model is the conv base
     (from models/bases/, as extract@<base> ran it) followed by the head."""
@@ -41,7 +42,7 @@ def load_model(params: Params, target: Target) -> tuple[keras.Model, keras.Model
     if not path.is_file():
         raise PipelineError(f"{path} not found; run `dvc repro {target.stage}` first")
     saved = keras.models.load_model(path, compile=False)
-    if target.kind != "features":
+    if target.kind.name != "features":
         return saved, saved
     from pipeline.models.pretrained import head_on_pixels
 
@@ -52,15 +53,15 @@ def load_model(params: Params, target: Target) -> tuple[keras.Model, keras.Model
     return saved, pixel_model
 
 
-def predict_test_set(target: Target, saved: keras.Model, model: keras.Model, images) -> np.ndarray:
+def predict_test_set(target: TrainedModel, saved: keras.Model, model: keras.Model, images) -> np.ndarray:
     """P(dog) of every test image. Where the conv base is the frozen one of extract@<base>
     (features-, frozen_aug-<base>), from its cached test features: running VGG16 over the
     test set again would be most of the stage's time."""
     from pipeline.models.pretrained import extract_features
 
     cached = paths.features_file(str(target.base), "test")
-    if target.kind in ("features", "frozen_aug") and cached.is_file():
-        head = saved if target.kind == "features" else head_after_base(saved)
+    if target.kind.name in ("features", "frozen_aug") and cached.is_file():
+        head = saved if target.kind.name == "features" else head_after_base(saved)
         with np.load(cached) as arrays:
             return head.predict(arrays["features"], batch_size=256, verbose=0).ravel()
     return extract_features(model, images).ravel()
@@ -71,7 +72,7 @@ def visualize(params: Params, name: str) -> dict[str, float]:
     seconds each kind of figure took."""
     from pipeline.visualize.tracked_run import log_figures
 
-    target, settings = resolve(params, name), params.visualize
+    target, settings = catalog.by_name(params, name), params.visualize
     started = time.perf_counter()
     saved, model = load_model(params, target)
     images, labels = load_prepared(target.image_size, "test")
@@ -82,18 +83,18 @@ def visualize(params: Params, name: str) -> dict[str, float]:
         )
     patterns = pattern_source(params, target, model)  # bad layer names fail before any work
     seconds = {"load": time.perf_counter() - started}
-    with atomic_dir(target.folder) as out:
+    with atomic_dir(target.visualize_dir) as out:
         seconds |= _draw_all(target, settings, (saved, model), (images, labels), patterns, out)
     print(
         f"visualize {name}: "
         + ", ".join(f"{kind} {value:.1f} s" for kind, value in seconds.items())
-        + f"; wrote {target.folder}"
+        + f"; wrote {target.visualize_dir}"
     )
-    log_figures(target.stage, target.folder)
+    log_figures(target.stage, target.visualize_dir)
     return seconds
 
 
-def _draw_all(target: Target, settings, models, test, patterns, out: Path) -> dict[str, float]:
+def _draw_all(target: TrainedModel, settings, models, test, patterns, out: Path) -> dict[str, float]:
     """Every figure into `out`; the seconds of each kind."""
     (saved, model), (images, labels) = models, test
     seconds = {}
@@ -103,7 +104,7 @@ def _draw_all(target: Target, settings, models, test, patterns, out: Path) -> di
     p_dog = predict_test_set(target, saved, model, images)
     draw_mistakes(target, gradcam, images, labels, p_dog, out, settings)
     seconds["mistakes"] = time.perf_counter() - started  # the predictions it needs included
-    if target.kind in SCRATCH_MODELS:
+    if not target.kind.pretrained:
         seconds["activations"] = _timed(
             draw_activations, target, model, images, labels, settings, out
         )
@@ -118,7 +119,7 @@ def _timed(draw, *args) -> float:
     return time.perf_counter() - started
 
 
-def draw_gradcam(target: Target, gradcam: GradCam, images, labels, settings, out: Path) -> None:
+def draw_gradcam(target: TrainedModel, gradcam: GradCam, images, labels, settings, out: Path) -> None:
     sample = balanced_sample(labels, settings.gradcam_images, settings.seed)
     heats, p_dog = gradcam(images[sample])
     figures.heatmap_grid(
@@ -132,7 +133,7 @@ def draw_gradcam(target: Target, gradcam: GradCam, images, labels, settings, out
 
 
 def draw_mistakes(
-    target: Target, gradcam: GradCam, images, labels, p_dog, out: Path, settings: VisualizeParams
+    target: TrainedModel, gradcam: GradCam, images, labels, p_dog, out: Path, settings: VisualizeParams
 ) -> np.ndarray:
     """The gallery of the worst mistakes; returns the indices of the test images shown."""
     worst = worst_mistakes(p_dog, labels, settings.mistakes)
@@ -155,7 +156,7 @@ def draw_mistakes(
     return worst
 
 
-def draw_activations(target: Target, model, images, labels, settings, out: Path) -> None:
+def draw_activations(target: TrainedModel, model, images, labels, settings, out: Path) -> None:
     index = settings.activation_image
     caption = f"test image {index} ({CLASSES[labels[index]]})"
     figures.picture_grid(
@@ -170,13 +171,13 @@ def draw_activations(target: Target, model, images, labels, settings, out: Path)
         )
 
 
-def pattern_source(params: Params, target: Target, model) -> tuple[keras.Model, list] | None:
+def pattern_source(params: Params, target: TrainedModel, model) -> tuple[keras.Model, list] | None:
     """(a model from pixels through the convs, the layers whose filters are drawn), or None
     for models whose filters another stage draws."""
-    if target.kind in SCRATCH_MODELS:
+    if not target.kind.pretrained:
         return model, conv_layer_names(model)
     layers = params.visualize.filters.layers.get(target.base, [])
-    if target.kind != "features" or not layers:
+    if target.kind.name != "features" or not layers:
         return None
     from pipeline.models.bases import BASES, load_base
 
@@ -192,7 +193,7 @@ def pattern_source(params: Params, target: Target, model) -> tuple[keras.Model, 
     return keras.Model(pixels, base(BASES[target.base].preprocess()(pixels))), layers
 
 
-def draw_filters(target: Target, source: keras.Model, layers: list, settings, out: Path) -> None:
+def draw_filters(target: TrainedModel, source: keras.Model, layers: list, settings, out: Path) -> None:
     config = settings.filters
     owner = target.base or target.name
     for layer in layers:

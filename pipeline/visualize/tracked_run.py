@@ -1,6 +1,6 @@
 """The MLflow run that trained a model, where its figures are logged as artifacts.
 
-A training run carries the tag `dvc.stage` (pipeline/tracking.py). Of the finished runs of
+A training run carries the tag `dvc.stage` (pipeline/tracking/store.py). Of the finished runs of
 that stage, the one of the same `dvc repro` / `dvc exp run` (tag `pipeline.repro_id`) is
 taken; when the model was trained by an earlier repro (only `visualize` params changed),
 the latest finished one. Artifacts of a finished run can still be logged.
@@ -11,14 +11,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline import tracking
+from pipeline.tracking import store
 
 ARTIFACT_DIR = "visualize"
 
 
 def training_run(client, stage: str):
     """The finished MLflow run of `stage` that made the current model, or None."""
-    experiment = client.get_experiment_by_name(tracking.EXPERIMENT)
+    experiment = client.get_experiment_by_name(store.EXPERIMENT)
     if experiment is None:
         return None
     runs = client.search_runs(
@@ -27,7 +27,7 @@ def training_run(client, stage: str):
         order_by=["attributes.start_time DESC"],
         max_results=100,
     )
-    this_repro = tracking.repro_id()
+    this_repro = store.repro_id()
     same_repro = [run for run in runs if run.data.tags.get("pipeline.repro_id") == this_repro]
     return (same_repro or runs or [None])[0]
 
@@ -37,7 +37,7 @@ def log_figures(stage: str, folder: Path) -> str | None:
     return the run id, or None (said on stderr) when there is no such run."""
     from mlflow.tracking import MlflowClient
 
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     client = MlflowClient(uri)
     run = training_run(client, stage)
     if run is None:

@@ -4,7 +4,7 @@ with the best validation accuracy (never chosen on test).
 
 The report stage calls `crown_champion` with its progression table, i.e. the models in the
 workspace now. Each one's logged MLflow Model is found by the hash of its `.keras` file
-(pipeline/model_logging.py tags it), registered unless it already is (a model that a repro
+(pipeline/serving/logged_model.py tags it), registered unless it already is (a model that a repro
 did not retrain keeps its version), and tagged with its run, DVC stage, git commit and
 split hash.
 """
@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline import paths
-from pipeline.files import sha256_of
-from pipeline.model_logging import MODEL_HASH_TAG
+from pipeline.core import catalog, paths
+from pipeline.core.files import sha256_of
 
 CHAMPION = "champion"
+# The tag of a logged model that names its `.keras` file: the first 16 hex digits of its sha256
+# (pipeline/serving/logged_model.py sets it), how the registry finds the model of a file.
+MODEL_HASH_TAG = "model_sha256"
 RUN_TAGS = ("dvc.stage", "git.commit", "split_sha256", "pipeline.repro_id")
 
 
@@ -60,7 +62,7 @@ def version(client, name: str, row):
     if logged is None:
         print(
             f"warning: {model_file} has no logged MLflow Model (trained before models were "
-            f"logged, or in another store); `dvc repro --force {row.model.replace('-', '@')}` "
+            f"logged, or in another store); `dvc repro --force {catalog.stage_of(row.model)}` "
             "logs one"
         )
         return None
@@ -70,7 +72,7 @@ def version(client, name: str, row):
 def _logged_model(digest: str):
     import mlflow
 
-    from pipeline.tracking import EXPERIMENT
+    from pipeline.tracking.store import EXPERIMENT
 
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     found = mlflow.search_logged_models(

@@ -4,7 +4,7 @@
   metrics, so `dvc metrics show` and `dvc exp show` list scores and nothing else. The key
   makes every column name unique (`baseline.test_accuracy`): DVC then leaves out the file
   path it otherwise puts in front of each column (`reports/metrics/baseline.json:...`).
-  Read them with `read_metrics`.
+  Read them with `pipeline.core.files.read_metrics`.
 - `reports/details/NAME.json`: what was trained on what (model, base, image size, seed,
   split hash) and the test confusion matrix; a plain DVC output, not a metric.
 - `reports/timing/NAME.json`: training seconds. Not a DVC output and git-ignored: timing
@@ -16,14 +16,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline import paths
-from pipeline.files import write_text
-from pipeline.paths import DETAILS_DIR, TIMING_DIR
+from pipeline.core import paths
+from pipeline.core.files import write_text
+from pipeline.core.paths import DETAILS_DIR, TIMING_DIR
 
 TIMING_COLUMNS = ("epoch_seconds",)  # per-epoch history columns that are timing
 
@@ -64,9 +63,3 @@ def write(name: str, tags: dict, metrics: dict, seconds: dict, confusion: np.nda
     metrics_file = paths.metrics_file(name)
     write_text(metrics_file, json.dumps({name: metrics}, indent=2) + "\n")
     return metrics_file, DETAILS_DIR / f"{name}.json"
-
-
-def read_metrics(path: Path | str) -> dict:
-    """The scores of one run from its metrics file (reports/metrics/NAME.json)."""
-    path = Path(path)
-    return json.loads(path.read_text())[path.stem]

@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.errors import PipelineError
-from pipeline.paths import PARAMS_FILE
+from pipeline.core.errors import PipelineError
+from pipeline.core.paths import PARAMS_FILE
 
 # The book's from-scratch convnet has four valid 3x3 convs, each followed by a 2x2 pool:
 # 46 px is the smallest input that leaves a 1x1 map. VGG16's five pools need 32 px.
@@ -102,13 +102,8 @@ class RuntimeParams(Section):
     jit_compile: Switch = "auto"
 
 
-# The models, in the book's order: each has its section under `train`. A pretrained model
-# is trained once per conv base of `pretrained.bases` (run and file name `<model>-<base>`).
-SCRATCH_MODELS = ("baseline", "augmented")
-PRETRAINED_MODELS = ("features", "frozen_aug", "finetune")
-
-
 class TrainParams(Section):
+    # One section per model of pipeline/core/catalog.py, named as the model.
     seed: int = 42
     runtime: RuntimeParams
     baseline: ScratchParams

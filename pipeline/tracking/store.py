@@ -22,8 +22,8 @@ from pathlib import Path
 import psutil
 import requests
 
-from pipeline.errors import PipelineError
-from pipeline.paths import project_root
+from pipeline.core.errors import PipelineError
+from pipeline.core.paths import project_root
 
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "dogs-vs-cats")
 

@@ -1,6 +1,6 @@
 """The one training routine every model uses: build, fit, evaluate, write and log.
 
-Outputs of a job named NAME (all written atomically; pipeline/paths.py):
+Outputs of a job named NAME (all written atomically; pipeline/core/paths.py):
   models/NAME.keras                  the trained model (raw [0, 255] pixels in)
   reports/metrics/NAME.json          test and validation scores (`dvc metrics show`)
   reports/details/NAME.json          what was trained on what, the test confusion matrix
@@ -23,12 +23,18 @@ import keras
 import numpy as np
 import pandas as pd
 
-from pipeline import model_logging, paths, plots, resume, run_record, runtime, tracking
-from pipeline.data import CLASSES, predicted_labels
+from pipeline.core.catalog import TrainedModel
+from pipeline.core.files import atomic_path
+from pipeline.core.params import AugmentationParams, BaseParams, FitParams, RuntimeParams
+from pipeline.data import CLASSES
 from pipeline.data.dataset import make_dataset
-from pipeline.files import atomic_path
-from pipeline.model_io import save_keras
-from pipeline.params import FitParams, RuntimeParams
+from pipeline.models.model_io import save_keras
+from pipeline.reporting import plots
+from pipeline.serving import logged_model
+from pipeline.serving.inference import predicted_labels
+from pipeline.tracking import store
+from pipeline.tracking.epochs import log_epoch
+from pipeline.training import resume, run_record, runtime
 
 
 @dataclass
@@ -40,21 +46,64 @@ class Splits:
     test: tuple[np.ndarray, np.ndarray]
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The params.yaml sections a training stage reads, typed and whole: the one source of
+    its MLflow params, its tags and its resume key."""
+
+    seed: int
+    runtime: RuntimeParams
+    fit: FitParams  # the stage's own section of `train`
+    augmentation: AugmentationParams | None = None  # for the models that augment
+    base: BaseParams | None = None  # for the models on a conv base
+
+
 @dataclass
 class Job:
-    """One model to train; stages.py builds every Job (stages._job)."""
+    """One model to train; training/job.py builds every Job (`job.make_job`)."""
 
-    name: str  # run name and output stem, e.g. "baseline", "features-vgg16"
-    stage: str  # DVC stage, e.g. "features@vgg16"
+    model: TrainedModel  # its name, stage, output paths (pipeline/core/catalog.py)
+    settings: Settings
     build_model: Callable[[], keras.Model]  # called inside the distribution strategy's scope
     data: Splits
-    fit: FitParams  # the stage's own params.yaml section, whole
-    runtime: RuntimeParams
-    seed: int
-    logged_params: dict  # the params.yaml sections the stage reads, for its MLflow run
-    tags: dict  # conv base, image size, split hash, ...
+    split_sha256: str  # the hash of data/split.csv it trained on
     export: Callable[[keras.Model], keras.Model] | None = None  # the model to save, if not this
+    # features-<base>: the head takes features; its MLflow Model (conv base + head) takes photos
+    pixels_model: Callable[[keras.Model], keras.Model] | None = None
     extra_seconds: float = 0.0  # training work done before fit (cached augmented features)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def stage(self) -> str:
+        return self.model.stage
+
+    @property
+    def fit(self) -> FitParams:
+        return self.settings.fit
+
+    def logged_params(self) -> dict:
+        """The sections the stage reads, nested as in params.yaml, for its MLflow run."""
+        settings, kind = self.settings, self.model.kind.name
+        train = {"seed": settings.seed, "runtime": settings.runtime.model_dump()}
+        logged = {"train": {**train, kind: settings.fit.model_dump()}}
+        if settings.augmentation is not None:
+            logged["augmentation"] = settings.augmentation.model_dump()
+        if settings.base is not None:
+            base = self.model.base
+            logged["pretrained"] = {"base": base, base: settings.base.model_dump()}
+        return logged
+
+    def tags(self) -> dict[str, str]:
+        """What was trained on what: the run's tags and reports/details/NAME.json."""
+        return {
+            "base": self.model.base or "none",
+            "image_size": str(self.model.image_size),
+            "seed": str(self.settings.seed),
+            "split_sha256": self.split_sha256,
+        }
 
 
 def run(job: Job) -> dict:
@@ -62,13 +111,13 @@ def run(job: Job) -> dict:
     import mlflow
 
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    tracking.connect()  # before training: an unreachable server fails now, not in an hour
-    tracking.close_stale_runs(job.stage)
-    strategy = runtime.setup(job.runtime, job.seed)
-    model = build(job, strategy)
-    checkpoints = resume.checkpoint_dir(job.name, [job.logged_params, _str(job.tags)])
+    store.connect()  # before training: an unreachable server fails now, not in an hour
+    store.close_stale_runs(job.stage)
+    setup = runtime.setup(job.settings.runtime, job.settings.seed)
+    model = build(job, setup)
+    checkpoints = resume.checkpoint_dir(job.name, [job.logged_params(), job.tags()])
     previous = resume.completed_epochs(checkpoints)
-    tags = tracking.run_tags(job.stage, {**_str(job.tags), **runtime.describe(strategy)})
+    tags = store.run_tags(job.stage, {**job.tags(), **runtime.describe(setup)})
     if previous:
         tags["resumed_from_epoch"] = str(len(previous))
     with mlflow.start_run(run_name=job.name, tags=tags) as active:
@@ -95,10 +144,6 @@ def _raise_on_sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _str(tags: dict) -> dict[str, str]:
-    return {key: str(value) for key, value in tags.items()}
-
-
 def compile_model(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
     model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate),
@@ -108,10 +153,10 @@ def compile_model(model: keras.Model, learning_rate: float, jit_compile: bool = 
     )
 
 
-def build(job: Job, strategy) -> keras.Model:
-    with strategy.scope():
+def build(job: Job, setup: runtime.Runtime) -> keras.Model:
+    with setup.strategy.scope():
         model = job.build_model()
-        compile_model(model, job.fit.learning_rate, runtime.jit_compile(job.runtime))
+        compile_model(model, job.fit.learning_rate, setup.jit_compile)
     return model
 
 
@@ -119,11 +164,11 @@ def log_start(job: Job, model: keras.Model, previous: list[dict], run_id: str) -
     """Params, model size and, for a resumed run, the epochs done before the interruption."""
     import mlflow
 
-    mlflow.log_params(tracking.flatten(job.logged_params))
+    mlflow.log_params(store.flatten(job.logged_params()))
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
     mlflow.log_params({"trainable_params": trainable, "total_params": model.count_params()})
     for row in previous:  # a resumed run still shows the whole curve
-        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        log_epoch(row)
     sizes = " / ".join(f"{len(x)} {split}" for split, (x, _) in vars(job.data).items())
     resuming = f", resuming after epoch {len(previous)}" if previous else ""
     print(f"training {job.name}: {sizes}, {job.fit.epochs} epochs{resuming} (MLflow run {run_id})")
@@ -134,7 +179,7 @@ def fit(job: Job, model: keras.Model, checkpoints: Path, previous: list[dict]):
     (x_train, y_train), (x_val, y_val) = job.data.train, job.data.validation
     steps = job.fit.steps_per_epoch
     train_ds = make_dataset(
-        x_train, y_train, job.fit.batch_size, training=True, seed=job.seed, repeat=steps > 0
+        x_train, y_train, job.fit.batch_size, training=True, seed=job.settings.seed, repeat=steps > 0
     )
     recorder, backup = resume.callbacks(checkpoints, previous)
     started = time.perf_counter()
@@ -167,13 +212,13 @@ def write_and_log(job: Job, model, history: pd.DataFrame, metrics: dict, timing:
     import mlflow
 
     # The model first: if it cannot be written, the reports keep their last good numbers.
-    model_file = paths.model_file(job.name)
+    model_file = job.model.model_file
     save_keras(job.export(model) if job.export else model, model_file)
-    record_files = run_record.write(job.name, job.tags, metrics, timing, confusion)
-    history_file = paths.history_file(job.name)
+    record_files = run_record.write(job.name, job.tags(), metrics, timing, confusion)
+    history_file = job.model.history_file
     with atomic_path(history_file) as tmp:
         run_record.without_timing(history).round(5).to_csv(tmp, index=False)
-    figures = paths.figures_dir(job.name)
+    figures = job.model.figures_dir
     title = f"{job.name}: test accuracy {metrics['test_accuracy']:.3f}"
     plots.learning_curves(history, title, figures / "curves.png")
     plots.confusion_matrix(confusion, CLASSES, f"{job.name} (test)", figures / "confusion.png")
@@ -184,4 +229,4 @@ def write_and_log(job: Job, model, history: pd.DataFrame, metrics: dict, timing:
     for figure in ("curves.png", "confusion.png"):  # not figures/visualize/: another stage's
         mlflow.log_artifact(str(figures / figure), "figures")
     # The model goes once, as an MLflow Model (it holds the .keras): it takes photos.
-    model_logging.log_model(job, model_file)
+    logged_model.log_model(job, model_file)

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import images, serving
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_path
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import atomic_path
+from pipeline.data import images
+from pipeline.serving import inference
 
 PROGRESS_FROM = 200  # images: a progress bar (on stderr) from this many on
 
@@ -83,7 +84,7 @@ def load_classifier(model: str):
     def p_dog(pixels: np.ndarray) -> np.ndarray:
         import pandas as pd
 
-        frame = pd.DataFrame({serving.PIXELS: list(pixels)})
+        frame = pd.DataFrame({inference.PIXELS: list(pixels)})
         return pyfunc.predict(frame)["p_dog"].to_numpy()
 
     return size, p_dog
@@ -92,28 +93,28 @@ def load_classifier(model: str):
 def _local_classifier(path: Path):
     if not path.is_file():
         raise PipelineError(f"--model {path}: no such file")
-    keras_model = serving.load_keras(path)
+    keras_model = inference.load_keras(path)
     if len(keras_model.input_shape) != 4:
         raise PipelineError(
             f"--model {path} takes conv-base features, not photos (a features-<base> head); "
             "use its registered version instead: --model models:/dogs-vs-cats/<version>"
         )
-    size = serving.input_size(keras_model)
-    return size, lambda pixels: serving.classify(keras_model, pixels)["p_dog"].to_numpy()
+    size = inference.input_size(keras_model)
+    return size, lambda pixels: inference.classify(keras_model, pixels)["p_dog"].to_numpy()
 
 
 def _load_registered(uri: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pipeline import tracking
+    from pipeline.tracking import store
 
-    store = tracking.tracking_uri()
-    missing = f"--model {uri}: not found in the MLflow store {store}"
+    store_uri = store.tracking_uri()
+    missing = f"--model {uri}: not found in the MLflow store {store_uri}"
     # A store that does not exist yet: say so, rather than create an empty one here.
-    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():
+    if store_uri.startswith("sqlite:///") and not Path(store_uri[10:]).is_file():
         raise PipelineError(f"{missing}; run `dvc repro` to train and register the models")
-    mlflow.set_tracking_uri(store)
+    mlflow.set_tracking_uri(store_uri)
     try:
         return mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
@@ -145,7 +146,7 @@ def _decoded_batches(files: list[Path], image_size: int, batch_size: int):
 def _predict_batch(batch, p_dog, bar) -> list[Prediction]:
     readable = [pixels for _, pixels in batch if isinstance(pixels, np.ndarray)]
     scores = p_dog(np.stack(readable)) if readable else np.empty(0)
-    predicted = iter(zip(serving.labels(scores), scores, strict=True))
+    predicted = iter(zip(inference.labels(scores), scores, strict=True))
     results = []
     for path, pixels in batch:
         if isinstance(pixels, images.UnreadableImage):

@@ -20,8 +20,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_path
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import atomic_path
 
 # The earliest date a zip entry can hold; used for every entry and for `date_saved`.
 FIXED_ZIP_DATE = (1980, 1, 1, 0, 0, 0)

@@ -7,7 +7,7 @@ predict` all run `ImageClassifier.predict` on a DataFrame with one of two column
   pixels  an (H, W, 3) array of [0, 255] RGB values per image, any size
 and it returns one row per image: `label` ("cat" | "dog") and `p_dog`. Images are decoded
 and resized as the prepare stage does it, after applying their EXIF orientation
-(pipeline/images.py); the Keras model carries the rest of its preprocessing.
+(pipeline/data/images.py); the Keras model carries the rest of its preprocessing.
 
 The Keras model needs the pipeline's custom layers: the MLflow Model holds the `pipeline`
 package as its code (code_paths), so a fresh process loads it without any import by hand.
@@ -25,8 +25,8 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, Schema
 from PIL import Image
 
-from pipeline.data import CLASSES, predicted_labels
-from pipeline.images import UnreadableImage, decode, square_pixels
+from pipeline.data import CLASSES
+from pipeline.data.images import UnreadableImage, decode, square_pixels
 
 KERAS_ARTIFACT = "keras_model"
 IMAGE, PIXELS = "image", "pixels"
@@ -66,6 +66,11 @@ def classify(model, pixels: np.ndarray) -> pd.DataFrame:
     chunks = [model.predict_on_batch(pixels[i : i + BATCH]) for i in range(0, len(pixels), BATCH)]
     p_dog = np.concatenate(chunks).ravel().astype(np.float64) if chunks else np.empty(0)
     return pd.DataFrame({"label": labels(p_dog), "p_dog": p_dog})
+
+
+def predicted_labels(p_dog) -> np.ndarray:
+    """0/1 labels of P(dog) values: a dog above one half, as Keras' binary accuracy counts."""
+    return (np.asarray(p_dog) > 0.5).astype(int)
 
 
 def labels(p_dog: np.ndarray) -> np.ndarray:

@@ -2,13 +2,13 @@
 
 What the run gains, beside the `.keras` file that stays a DVC output:
 - a logged model `classifier` (MLflow 3: its own entity, the runs list's Models column): the
-  pyfunc of pipeline/serving.py, which takes photos; for `features-<base>` (a head trained on
+  pyfunc of pipeline/serving/inference.py, which takes photos; for `features-<base>` (a head trained on
   cached conv-base features) the model logged is conv base + head, so it takes photos too;
 - the split manifest as the run's input dataset (the Dataset column): name `split`, digest
   = the split hash of the run's tags, source = data/split.csv, its DVC path;
 - the test and validation scores linked to the logged model (MLflow 3's log_model links
   the run's step-0 metrics, which write_and_log has just logged).
-The report stage registers these models and picks the champion (pipeline/registry.py); it
+The report stage registers these models and picks the champion (pipeline/tracking/registry.py); it
 finds each one by the hash of its `.keras` file (tag `model_sha256`).
 """
 
@@ -23,12 +23,13 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from pipeline import paths, serving
+from pipeline.core import paths
+from pipeline.core.files import sha256_of
 from pipeline.data.split import read_split
-from pipeline.files import sha256_of
+from pipeline.serving import inference
+from pipeline.tracking.registry import MODEL_HASH_TAG
 
 LOGGED_MODEL = "classifier"
-MODEL_HASH_TAG = "model_sha256"
 # What the pyfunc imports (the pipeline package travels with the model as its code).
 REQUIREMENTS = ("mlflow", "tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pillow")
 REQUIREMENTS += ("pydantic", "pyyaml")
@@ -42,16 +43,16 @@ def log_model(job, model_file: Path) -> str:
     # A stage run by hand where only data/prepared was pulled has no manifest: no dataset then.
     split = read_split(paths.SPLIT_FILE) if paths.SPLIT_FILE.is_file() else None
     if split is not None:
-        mlflow.log_input(split_dataset(split, job.tags["split_sha256"]), context="training")
-    image_size = int(job.tags["image_size"])
+        mlflow.log_input(split_dataset(split, job.split_sha256), context="training")
+    image_size = job.model.image_size
     with tempfile.TemporaryDirectory() as tmp:
         info = mlflow.pyfunc.log_model(
             name=LOGGED_MODEL,
-            python_model=Path(serving.__file__).with_name("serving_entry.py"),
-            artifacts={serving.KERAS_ARTIFACT: str(_image_model(job, model_file, Path(tmp)))},
-            code_paths=[str(Path(serving.__file__).parent)],
-            signature=serving.signature(),
-            input_example=pd.DataFrame({serving.IMAGE: [_example_image(split, image_size)]}),
+            python_model=Path(inference.__file__).with_name("entry.py"),
+            artifacts={inference.KERAS_ARTIFACT: str(_image_model(job, model_file, Path(tmp)))},
+            code_paths=[str(Path(inference.__file__).parents[1])],  # the whole package
+            signature=inference.signature(),
+            input_example=pd.DataFrame({inference.IMAGE: [_example_image(split, image_size)]}),
             pip_requirements=_pinned(REQUIREMENTS),
             metadata={"image_size": image_size},
             tags={MODEL_HASH_TAG: sha256_of(model_file)[:16], "dvc.stage": job.stage},
@@ -72,15 +73,11 @@ def split_dataset(split: pd.DataFrame, split_hash: str):
 
 
 def _image_model(job, model_file: Path, tmp: Path) -> Path:
-    """The model file to log: `model_file`, or for a head on features, conv base + head."""
-    if not job.name.startswith("features-"):
+    """The model file to log: `model_file`, or the job's model from photos where the saved
+    one takes something else (a head on features: conv base + head)."""
+    if job.pixels_model is None:
         return model_file
-    from pipeline.models.pretrained import head_on_pixels
-
-    base, image_size = job.tags["base"], int(job.tags["image_size"])
-    pooling = job.logged_params["pretrained"][base]["pooling"]
-    head = serving.load_keras(model_file)
-    model = head_on_pixels(base, image_size, pooling, head, f"{job.name}_on_images")
+    model = job.pixels_model(inference.load_keras(model_file))
     model.save(tmp / "model.keras")
     return tmp / "model.keras"
 

@@ -6,35 +6,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import plots, registry, tracking
-from pipeline.errors import PipelineError
-from pipeline.files import write_text
-from pipeline.params import PRETRAINED_MODELS, SCRATCH_MODELS, Params
-from pipeline.paths import METRICS_DIR, PROGRESSION_MD, PROGRESSION_PNG
-from pipeline.run_record import read_metrics
-
-# Deep Learning with Python, 1st ed., ch. 5 (VGG16 for the pretrained models).
-BOOK = {
-    "baseline": (0.72, 'validation, "70-72%"'),
-    "augmented": (0.82, 'validation, "82%"'),
-    "features": (0.90, 'validation, "about 90%"'),
-    "frozen_aug": (0.96, 'validation, "about 96%"'),
-    "finetune": (0.968, 'test, "97%"'),
-}
-
-
-def expected_runs(params: Params) -> list[tuple[str, str, str]]:
-    """(run name, model, base) of every model the current params train, in the book's order."""
-    runs = [(model, model, "none") for model in SCRATCH_MODELS]
-    for model in PRETRAINED_MODELS:
-        runs += [(f"{model}-{base}", model, base) for base in params.pretrained.bases]
-    return runs
+from pipeline.core import catalog
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import read_metrics, write_text
+from pipeline.core.params import Params
+from pipeline.core.paths import METRICS_DIR, PROGRESSION_MD, PROGRESSION_PNG
+from pipeline.reporting import plots
+from pipeline.tracking import registry, store
 
 
 def progression_table(params: Params, metrics_dir: Path = METRICS_DIR) -> pd.DataFrame:
     rows = []
-    for run_name, model, base in expected_runs(params):
-        path = metrics_dir / f"{run_name}.json"
+    for model in catalog.every_model(params):
+        path = metrics_dir / model.metrics_file.name
         if not path.is_file():
             raise PipelineError(
                 f"{path} not found; run `dvc repro` so every model is trained first"
@@ -42,12 +26,12 @@ def progression_table(params: Params, metrics_dir: Path = METRICS_DIR) -> pd.Dat
         metrics = read_metrics(path)
         rows.append(
             {
-                "model": run_name,
-                "base": base,
+                "model": model.name,
+                "base": model.base or "none",
                 "test_accuracy": metrics["test_accuracy"],
                 "best_val_accuracy": metrics["best_val_accuracy"],
-                "book": BOOK[model][0],
-                "book_measure": BOOK[model][1],
+                "book": model.kind.book_accuracy,
+                "book_measure": model.kind.book_measure,
                 "epochs": metrics["epochs"],
             }
         )
@@ -76,11 +60,11 @@ def report(params: Params) -> pd.DataFrame:
     import mlflow
 
     table = progression_table(params)
-    tracking.connect()
+    store.connect()
     champion = registry.crown_champion(table, params.registry.model_name)
     write_text(PROGRESSION_MD, markdown(table) + champion)
     plots.progression_chart(table, PROGRESSION_PNG)
-    with mlflow.start_run(run_name="report", tags=tracking.run_tags("report", {})):
+    with mlflow.start_run(run_name="report", tags=store.run_tags("report", {})):
         mlflow.log_metrics(
             {f"{row.model}.test_accuracy": row.test_accuracy for row in table.itertuples()}
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -56,3 +57,10 @@ def sha256_of(path: Path | str) -> str:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_metrics(path: Path | str) -> dict:
+    """The scores of one run from its metrics file, reports/metrics/NAME.json, which holds
+    them under the key NAME (pipeline/training/run_record.py writes it)."""
+    path = Path(path)
+    return json.loads(path.read_text())[path.stem]

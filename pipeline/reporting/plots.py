@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pipeline.files import atomic_path
+from pipeline.core.files import atomic_path
 
 
 def save_png(fig, out: Path, dpi: int = 110) -> None:

@@ -17,8 +17,9 @@ from pathlib import Path
 import keras
 import pandas as pd
 
-from pipeline.files import atomic_path
-from pipeline.paths import CHECKPOINTS_DIR
+from pipeline.core.files import atomic_path
+from pipeline.core.paths import CHECKPOINTS_DIR
+from pipeline.tracking.epochs import log_epoch
 
 
 def checkpoint_dir(name: str, settings: object) -> Path:
@@ -59,7 +60,7 @@ def callbacks(checkpoints: Path, previous: list[dict]) -> tuple[EpochRecorder, A
 
 class EpochRecorder(keras.callbacks.Callback):
     """Keeps the full per-epoch history (also across a resume) in the checkpoint folder and
-    logs each epoch to the active MLflow run, explicitly (autolog would log twice)."""
+    logs each epoch to the active MLflow run (pipeline/tracking/epochs.py)."""
 
     def __init__(self, history_file: Path, previous: list[dict]):
         super().__init__()
@@ -67,15 +68,13 @@ class EpochRecorder(keras.callbacks.Callback):
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        import mlflow
-
         logs = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
         row = {"epoch": epoch + 1, **logs}
         row["epoch_seconds"] = round(time.perf_counter() - self.started, 3)
         self.rows.append(row)
         with atomic_path(self.history_file) as tmp:
             pd.DataFrame(self.rows).to_csv(tmp, index=False)
-        mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+        log_epoch(row)
         self.started = time.perf_counter()
 
 

@@ -3,6 +3,6 @@ pickled; the MLflow Model holds this file and a copy of the `pipeline` package (
 
 from mlflow.models import set_model
 
-from pipeline.serving import ImageClassifier
+from pipeline.serving.inference import ImageClassifier
 
 set_model(ImageClassifier())

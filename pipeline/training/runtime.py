@@ -2,7 +2,7 @@
 
 `auto` turns XLA and the mirrored strategy on only where a GPU is visible, and mixed
 precision where it pays: float16 on a GPU, bfloat16 on a CPU with AVX512-BF16/AMX units
-(2-2.5x faster convnet training on ours), float32 elsewhere (pipeline/precision.py).
+(2-2.5x faster convnet training on ours), float32 elsewhere (pipeline/training/precision.py).
 `PIPELINE_LOGICAL_CPUS=N` splits the CPU into N logical devices, so the mirrored strategy
 can be exercised without GPUs (it is a machine setting, not a param: results don't change).
 `PIPELINE_AUTO_AS_GPUS=N` makes `auto` (and `on`) decide as on a machine with N GPUs: with
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
 
-from pipeline import precision
-from pipeline.errors import PipelineError
-from pipeline.params import RuntimeParams
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import RuntimeParams
+from pipeline.training import precision
 
 
 def _gpus() -> list:
@@ -43,7 +44,17 @@ def _on(switch: str) -> bool:
     return switch == "on" or (switch == "auto" and _gpu_count() > 0)
 
 
-def setup(runtime: RuntimeParams, seed: int) -> tf.distribute.Strategy:
+@dataclass(frozen=True)
+class Runtime:
+    """How this process trains, as `setup` configured it."""
+
+    strategy: tf.distribute.Strategy
+    precision: str  # the Keras dtype policy: float32, mixed_bfloat16, mixed_float16
+    precision_reason: str  # why precision.choose took it
+    jit_compile: bool
+
+
+def setup(runtime: RuntimeParams, seed: int) -> Runtime:
     """Seed everything and configure TensorFlow; call once, before any model is built."""
     logical_cpus = int(os.environ.get("PIPELINE_LOGICAL_CPUS", "1"))
     if logical_cpus > 1:
@@ -54,19 +65,14 @@ def setup(runtime: RuntimeParams, seed: int) -> tf.distribute.Strategy:
     keras.utils.set_random_seed(seed)
     if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(precision_policy(runtime))
-    return _strategy(runtime.strategy)
+    policy, reason = precision_policy(runtime)
+    keras.mixed_precision.set_global_policy(policy)
+    return Runtime(_strategy(runtime.strategy), policy, reason, _on(runtime.jit_compile))
 
 
-_precision_reason = "not chosen yet"  # why precision_policy chose what it did, for the tags
-
-
-def precision_policy(runtime: RuntimeParams) -> str:
-    global _precision_reason
-    policy, _precision_reason = precision.choose(
-        runtime.mixed_precision, _gpu_count(), precision.this_cpu_flags()
-    )
-    return policy
+def precision_policy(runtime: RuntimeParams) -> tuple[str, str]:
+    """(the dtype policy the params ask for on this machine, why)."""
+    return precision.choose(runtime.mixed_precision, _gpu_count(), precision.this_cpu_flags())
 
 
 # One strategy per process: with a second MirroredStrategy in the same process, the next
@@ -79,16 +85,12 @@ def _strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(devices)
 
 
-def jit_compile(runtime: RuntimeParams) -> bool:
-    return _on(runtime.jit_compile)
-
-
-def describe(strategy: tf.distribute.Strategy) -> dict[str, str]:
+def describe(runtime: Runtime) -> dict[str, str]:
     """Tags that say where a run trained."""
     return {
-        "strategy": type(strategy).__name__,
-        "replicas": str(strategy.num_replicas_in_sync),
-        "precision": keras.mixed_precision.global_policy().name,
-        "precision_reason": _precision_reason,
+        "strategy": type(runtime.strategy).__name__,
+        "replicas": str(runtime.strategy.num_replicas_in_sync),
+        "precision": runtime.precision,
+        "precision_reason": runtime.precision_reason,
         "gpus": str(len(_gpus())),
     }

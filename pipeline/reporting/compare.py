@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import plots, tracking
-from pipeline.errors import PipelineError
-from pipeline.files import write_text
+from pipeline.core.errors import PipelineError
+from pipeline.core.files import write_text
+from pipeline.reporting import plots
+from pipeline.tracking import store
 
 COMPARE_MD = Path("reports/compare.md")
 COMPARE_PNG = Path("reports/compare.png")
@@ -87,7 +88,7 @@ def load_runs(selection: Selection) -> pd.DataFrame:
 
     try:
         found = mlflow.search_runs(
-            experiment_names=[tracking.EXPERIMENT], filter_string=selection.filter_string()
+            experiment_names=[store.EXPERIMENT], filter_string=selection.filter_string()
         )
     except mlflow.exceptions.MlflowException as exc:
         raise PipelineError(f"--filter {selection.where!r}: {exc.message}") from None
@@ -100,8 +101,8 @@ def load_runs(selection: Selection) -> pd.DataFrame:
     if found.empty:
         raise PipelineError(
             f"no finished training runs with a {selection.over} param match "
-            f"({selection.filter_string()}) in experiment {tracking.EXPERIMENT} at "
-            f"{tracking.tracking_uri()}; train some (README: seed spread) or loosen the filters"
+            f"({selection.filter_string()}) in experiment {store.EXPERIMENT} at "
+            f"{store.tracking_uri()}; train some (README: seed spread) or loosen the filters"
         )
     return found.rename(
         columns={
@@ -218,14 +219,14 @@ def _mean_std(mean: float, std: float) -> str:
 
 def run_compare(selection: Selection, argv: str = "") -> pd.DataFrame:
     """Compare, write reports/compare.*, log them to MLflow; return the summary."""
-    tracking.connect()
+    store.connect()
     runs, notes = group_runs(load_runs(selection), selection)
     summary = summarise(runs)
     samples = {g: m["test_accuracy"].to_numpy() for g, m in runs.groupby("group", sort=False)}
     pairs = pairwise(samples)
     about = (
         f"`python -m pipeline compare{argv}`: {len(runs)} finished training runs of experiment "
-        f"`{tracking.EXPERIMENT}` ({selection.filter_string()}), the latest per group and "
+        f"`{store.EXPERIMENT}` ({selection.filter_string()}), the latest per group and "
         f"{selection.over}; mean ± standard deviation over the {selection.over} values (draws)."
     )
     write_text(COMPARE_MD, markdown(summary, pairs, notes, about))
@@ -239,7 +240,7 @@ def run_compare(selection: Selection, argv: str = "") -> pd.DataFrame:
 def _log(summary: pd.DataFrame, selection: Selection) -> None:
     import mlflow
 
-    tags = {**tracking.git_state(), "pipeline.command": "compare"}
+    tags = {**store.git_state(), "pipeline.command": "compare"}
     with mlflow.start_run(run_name="compare", tags=tags):
         mlflow.log_params(
             {"over": selection.over, "by": ",".join(selection.by) or "(every param)"}
