@@ -31,9 +31,7 @@ import time
 from pathlib import Path
 
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from projects import (  # noqa: E402
+from workspace import (
     command_env,
     dotted_patch,
     make_project,

@@ -1,72 +1,11 @@
 from __future__ import annotations
 
-import http.server
-import os
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]  # the project
-sys.path.insert(0, str(Path(__file__).parent))
-SHARED_ZIP = Path(
-    os.environ.get("DOGS_VS_CATS_ZIP", ROOT.parent / "shared/data/dogs-vs-cats-6000.zip")
-)
-
-
-class ArchiveServer(http.server.ThreadingHTTPServer):
-    """A real HTTP server on 127.0.0.1 serving files from a directory, with HTTP Range
-    support and scripted faults: `faults[name]` is a list of what the next requests get
-    (an int status code, or "cut" to drop the connection halfway through the body)."""
-
-    daemon_threads = True
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.faults: dict[str, list] = {}
-        self.requests: list[dict] = []
-        self.honour_range = True  # False: a server that always sends the whole file
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep pytest output clean
-        pass
-
-    def do_GET(self):
-        server: ArchiveServer = self.server
-        name = self.path.lstrip("/")
-        server.requests.append({"path": name, "range": self.headers.get("Range")})
-        fault = server.faults.get(name, []).pop(0) if server.faults.get(name) else None
-        if isinstance(fault, int):
-            self.send_error(fault)
-            return
-        path = server.directory / name
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        start = 0
-        if (rng := self.headers.get("Range")) and server.honour_range:
-            start = int(rng.removeprefix("bytes=").split("-")[0])
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if fault == "cut":
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.connection.shutdown(2)  # a broken transfer, as the network does it
-            return
-        self.wfile.write(body)
+from tests.helpers.servers import ArchiveServer
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from scipy import ndimage
-from test_augment import image_data_generator
 
 from pipeline.models.augment import (
     BookAugmentation,
@@ -14,6 +13,7 @@ from pipeline.models.augment import (
     compiling_with_xla,
     sample_bilinear,
 )
+from tests.test_augment import image_data_generator
 
 DRAWS = [
     (0.3, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0),

@@ -13,9 +13,9 @@ import sys
 
 import numpy as np
 import pytest
-from projects import run, tiny_project, update_params
 
 from pipeline.reporting.compare import Selection, holm, pairwise
+from tests.helpers.project import run, tiny_project, update_params
 
 pytestmark = pytest.mark.slow
 

@@ -3,12 +3,12 @@ import json
 import zipfile
 
 import pytest
-from synthetic import corrupt_jpeg, write_archive
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import DataParams
 from pipeline.data.download import download
 from pipeline.data.fetch import fetch_archive
+from tests.helpers.synthetic import corrupt_jpeg, write_archive
 
 
 @pytest.fixture

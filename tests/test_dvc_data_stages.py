@@ -2,7 +2,7 @@
 
 import json
 
-from projects import ran_stages, run, tiny_project, update_params
+from tests.helpers.project import ran_stages, run, tiny_project, update_params
 
 
 def test_dvc_repro_data_stages(tmp_path):

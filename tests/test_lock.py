@@ -12,7 +12,8 @@ import subprocess
 import tomllib
 
 import pytest
-from projects import ROOT
+
+from tests.helpers.project import ROOT
 
 UV = shutil.which("uv")
 needs_uv = pytest.mark.skipif(UV is None, reason="uv is not on PATH")

@@ -3,10 +3,10 @@ import sys
 
 import pytest
 import yaml
-from projects import ROOT, make_project, update_params
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import load_params
+from tests.helpers.project import ROOT, make_project, update_params
 
 
 def write(tmp_path, update):

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from projects import ONLY_VGG16, ran_stages, run, tiny_project, update_params
 
 from pipeline.core.files import read_metrics
 from pipeline.training.precision import choose, this_cpu_flags
+from tests.helpers.project import ONLY_VGG16, ran_stages, run, tiny_project, update_params
 
 pytestmark = pytest.mark.slow
 

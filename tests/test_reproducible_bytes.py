@@ -10,7 +10,8 @@ import zipfile
 
 import pytest
 import yaml
-from projects import ran_stages, run, tiny_project
+
+from tests.helpers.project import ran_stages, run, tiny_project
 
 TINY = {"image_size": 48, "epochs": 2, "batch_size": 8, "steps_per_epoch": 0}
 

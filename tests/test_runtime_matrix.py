@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from projects import ONLY_VGG16, run, tiny_project, update_params
+
+from tests.helpers.project import ONLY_VGG16, run, tiny_project, update_params
 
 pytestmark = pytest.mark.slow
 
-WORKER = Path(__file__).with_name("runtime_matrix_worker.py")
+WORKER = Path(__file__).parent / "helpers" / "runtime_matrix_worker.py"
 MODELS = ["baseline", "augmented", "features-vgg16", "frozen_aug-vgg16", "finetune-vgg16"]
 SHORT = {"epochs": 1, "steps_per_epoch": 2}  # a step or two: it runs, saves and reloads
 LONG = {"epochs": 4, "steps_per_epoch": 0}  # 4 passes over 48 images: enough to learn

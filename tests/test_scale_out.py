@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from projects import ONLY_VGG16, merge_patch, ran_stages, run, tiny_project
+
+from tests.helpers.project import ONLY_VGG16, merge_patch, ran_stages, run, tiny_project
 
 pytestmark = pytest.mark.slow
 

@@ -24,10 +24,10 @@ import pandas as pd
 import pytest
 import requests
 from PIL import Image
-from projects import ONLY_VGG16, command_env, merge_patch, run, tiny_project
-from synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image
 
 from pipeline.core.files import read_metrics
+from tests.helpers.project import ONLY_VGG16, command_env, merge_patch, run, tiny_project
+from tests.helpers.synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image
 
 NAME = "dogs-vs-cats"
 MODELS = ["baseline", "augmented", "features-vgg16", "frozen_aug-vgg16", "finetune-vgg16"]

@@ -2,13 +2,13 @@ import hashlib
 
 import numpy as np
 import pytest
-from synthetic import write_archive
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import SplitParams
 from pipeline.data.download import extract_images
 from pipeline.data.prepare import load_prepared, prepare
 from pipeline.data.split import split as make_split_file
+from tests.helpers.synthetic import write_archive
 
 
 @pytest.fixture(scope="module")

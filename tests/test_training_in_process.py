@@ -1,0 +1,258 @@
+"""The units behind the training stages, in this process: the one training routine on tiny
+real Jobs, the registry crowning a champion, the report, and `predict` on the saved model.
+
+No DVC here and no subprocess: a real MLflow store (sqlite) in a temporary folder, real Keras
+convnets trained for a few epochs on learnable synthetic images (tests/helpers/synthetic.py).
+A failure shows its own traceback, not a failed `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.helpers.project import ROOT, TINY_FIT, update_params
+from tests.helpers.synthetic import synthetic_image
+
+SIZE = 48
+MODELS = ("baseline", "augmented")
+FIT = {**TINY_FIT, "epochs": 4}
+
+
+@dataclass
+class Trained:
+    """A folder laid out as a project, after baseline and augmented trained in it."""
+
+    root: Path
+    params: object  # pipeline.core.params.Params
+    metrics: dict[str, dict]
+    client: object  # mlflow.MlflowClient on the folder's store
+
+
+def synthetic_split(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 2
+    images = [np.asarray(synthetic_image(("cat", "dog")[y], SIZE, rng)) for y in labels]
+    return np.stack(images), labels.astype(np.int64)
+
+
+def tiny_params(root: Path):
+    from pipeline.core.params import load_params
+
+    (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    patch = {
+        "prepare": {"image_sizes": [SIZE]},
+        "train": {model: {"image_size": SIZE, **FIT} for model in MODELS},
+        "pretrained": {"bases": {"vgg16": None, "efficientnet_lite0": None}},
+    }
+    update_params(root, patch)
+    return load_params(root / "params.yaml")
+
+
+def train_in_process(params, name: str) -> dict:
+    """What `python -m pipeline train <name>` runs after loading its data, on synthetic data."""
+    from pipeline.core import catalog
+    from pipeline.models.augment import augmentation
+    from pipeline.models.scratch import build_convnet
+    from pipeline.training import train
+    from pipeline.training.job import make_job
+
+    model = catalog.trained_model(params, name)
+    settings = getattr(params.train, name)
+
+    def build_model():
+        layer = (
+            augmentation(params.augmentation, params.train.seed) if name == "augmented" else None
+        )
+        return build_convnet(SIZE, settings.dropout, layer, name)
+
+    data = train.Splits(synthetic_split(60, 1), synthetic_split(20, 2), synthetic_split(20, 3))
+    return train.run(make_job(params, model, build_model=build_model, data=data))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Trained:
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("in-process")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    sigterm = signal.getsignal(signal.SIGTERM)  # train.run makes SIGTERM a KeyboardInterrupt
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        params = tiny_params(root)
+        try:
+            metrics = {name: train_in_process(params, name) for name in MODELS}
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
+    return Trained(root, params, metrics, MlflowClient(uri))
+
+
+def run_of(trained: Trained, name: str):
+    experiment = trained.client.get_experiment_by_name("dogs-vs-cats")
+    runs = trained.client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'")
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def test_train_run_learns_and_returns_its_scores(trained):
+    for name in MODELS:
+        metrics = trained.metrics[name]
+        assert metrics["epochs"] == FIT["epochs"]
+        assert 0 < metrics["best_epoch"] <= FIT["epochs"]
+    assert trained.metrics["baseline"]["test_accuracy"] >= 0.85  # chance is 0.5
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_train_run_writes_every_output(trained, name):
+    from pipeline.core.files import read_metrics
+
+    root = trained.root
+    assert read_metrics(root / f"reports/metrics/{name}.json") == trained.metrics[name]
+    history = pd.read_csv(root / f"reports/history/{name}.csv")
+    assert list(history["epoch"]) == list(range(1, FIT["epochs"] + 1))
+    assert "epoch_seconds" not in history  # timing is not a DVC output (byte identity)
+    details = json.loads((root / f"reports/details/{name}.json").read_text())
+    assert (details["model"], details["base"], details["image_size"]) == (name, "none", "48")
+    assert np.sum(details["confusion_matrix"]) == 20
+    timing = json.loads((root / f"reports/timing/{name}.json").read_text())
+    assert timing["train_seconds"] > 0
+    for figure in ("curves.png", "confusion.png"):
+        assert (root / f"reports/figures/{name}/{figure}").stat().st_size > 5_000
+    assert not list(root.rglob("*.tmp")) and not (root / ".checkpoints" / name).exists()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_train_run_is_one_mlflow_run_with_params_curves_scores_and_model(trained, name):
+    from pipeline.core.files import sha256_of
+
+    run = run_of(trained, name)
+    assert run.info.status == "FINISHED"
+    assert run.data.params[f"train.{name}.epochs"] == str(FIT["epochs"])
+    assert run.data.params["train.seed"] == "42"
+    assert ("augmentation.rotation_degrees" in run.data.params) == (name == "augmented")
+    assert run.data.metrics["test_accuracy"] == trained.metrics[name]["test_accuracy"]
+    steps = [m.step for m in trained.client.get_metric_history(run.info.run_id, "val_accuracy")]
+    assert steps == list(range(1, FIT["epochs"] + 1))
+    tags = run.data.tags
+    assert (tags["dvc.stage"], tags["base"], tags["image_size"]) == (name, "none", "48")
+    experiment = trained.client.get_experiment_by_name("dogs-vs-cats").experiment_id
+    logged = trained.client.search_logged_models(
+        [experiment], f"source_run_id = '{run.info.run_id}'"
+    )
+    assert len(logged) == 1
+    digest = sha256_of(trained.root / f"models/{name}.keras")[:16]
+    assert logged[0].tags["model_sha256"] == digest
+
+
+def test_the_logged_model_takes_photos(trained, tmp_path):
+    import mlflow
+
+    run = run_of(trained, "baseline")
+    mlflow.set_tracking_uri(f"sqlite:///{trained.root / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/classifier")
+    rng = np.random.default_rng(7)
+    photos, labels = [], []
+    for i in range(10):
+        label = ("cat", "dog")[i % 2]
+        path = tmp_path / f"{label}{i}.jpg"
+        synthetic_image(label, 64, rng).save(path)
+        photos.append(path.read_bytes())
+        labels.append(label)
+    answer = model.predict(pd.DataFrame({"image": photos}))
+    assert list(answer.columns) == ["label", "p_dog"]
+    assert (answer["label"] == labels).mean() >= 0.8
+
+
+def test_report_crowns_the_best_on_validation_and_logs_a_run(trained):
+    from pipeline.reporting.report import report
+    from pipeline.tracking.registry import CHAMPION
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(trained.root)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained.root / 'mlflow.db'}")
+        table = report(trained.params)
+    assert list(table["model"]) == list(MODELS)
+    best = max(MODELS, key=lambda m: trained.metrics[m]["best_val_accuracy"])  # first of equals
+    champion = trained.client.get_model_version_by_alias("dogs-vs-cats", CHAMPION)
+    assert champion.tags["model"] == best
+    text = (trained.root / "reports/progression.md").read_text()
+    assert f"**{best}**" in text and "chosen on validation, never on test" in text
+    assert (trained.root / "reports/progression.png").stat().st_size > 10_000
+    assert (
+        run_of(trained, "report").data.metrics["baseline.test_accuracy"]
+        == (trained.metrics["baseline"]["test_accuracy"])
+    )
+
+
+def test_registry_picks_validation_over_test_and_keeps_versions(trained):
+    from pipeline.tracking.registry import CHAMPION, crown_champion
+
+    name = "champion-on-validation"
+    rows = [  # augmented: the better test score, baseline: the better validation score
+        {"model": "baseline", "best_val_accuracy": 0.9, "test_accuracy": 0.6},
+        {"model": "augmented", "best_val_accuracy": 0.7, "test_accuracy": 0.99},
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(trained.root)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained.root / 'mlflow.db'}")
+        from pipeline.tracking import store
+
+        store.connect()
+        paragraph = crown_champion(pd.DataFrame(rows), name)
+        again = crown_champion(pd.DataFrame(rows), name)  # registered already: no new version
+    assert "**baseline**" in paragraph and paragraph == again
+    versions = trained.client.search_model_versions(f"name = '{name}'")
+    assert sorted(v.tags["model"] for v in versions) == ["augmented", "baseline"]
+    assert trained.client.get_model_version_by_alias(name, CHAMPION).tags["model"] == "baseline"
+
+
+def test_predict_a_saved_model_on_photos_and_a_broken_file(trained, tmp_path, capsys):
+    from pipeline.serving.predict import predict
+
+    rng = np.random.default_rng(11)
+    for i in range(8):
+        label = ("cat", "dog")[i % 2]
+        synthetic_image(label, 80, rng).save(tmp_path / f"{label}{i}.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "answers.csv"
+    failed = predict([tmp_path], str(trained.root / "models/baseline.keras"), out, 4)
+    assert failed == 1
+    answers = pd.read_csv(out)
+    assert len(answers) == 9
+    good = answers[answers["error"].isna()]
+    truth = good["file"].map(lambda f: "cat" if Path(f).name.startswith("cat") else "dog")
+    assert (good["label"] == truth).mean() >= 0.75
+    assert "broken.jpg" in answers.loc[answers["error"].notna(), "file"].iloc[0]
+    assert "1 of 9 files are not readable images" in capsys.readouterr().err
+
+
+def test_report_table_on_hand_made_metrics(tmp_path):
+    from pipeline.core.params import load_params
+    from pipeline.reporting.report import markdown, progression_table
+
+    params = load_params(ROOT / "params.yaml")
+    names = [
+        "baseline", "augmented", "features-vgg16", "features-efficientnet_lite0",
+        "frozen_aug-vgg16", "frozen_aug-efficientnet_lite0",
+        "finetune-vgg16", "finetune-efficientnet_lite0",
+    ]  # fmt: skip
+    for i, name in enumerate(names):
+        scores = {"test_accuracy": 0.5 + i / 100, "best_val_accuracy": 0.6, "epochs": 3}
+        (tmp_path / f"{name}.json").write_text(json.dumps({name: scores}))
+    table = progression_table(params, tmp_path)
+    assert list(table["model"]) == names  # the book's order, every base
+    assert list(table["book"]) == [0.72, 0.82, 0.90, 0.90, 0.96, 0.96, 0.968, 0.968]
+    text = markdown(table)
+    assert '| finetune-vgg16 | vgg16 | 0.5600 | 0.6000 | 0.968 | test, "97%" | 3 |' in text
+    (tmp_path / "baseline.json").unlink()
+    from pipeline.core.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="baseline.json not found; run `dvc repro`"):
+        progression_table(params, tmp_path)
