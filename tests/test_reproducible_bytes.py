@@ -11,9 +11,7 @@ import zipfile
 import pytest
 import yaml
 
-from tests.helpers.project import ran_stages, run, tiny_project
-
-TINY = {"image_size": 48, "epochs": 2, "batch_size": 8, "steps_per_epoch": 0}
+from tests.helpers.project import ran_stages, run
 
 
 def test_the_same_model_built_and_saved_twice_gives_the_same_bytes(tmp_path):
@@ -69,18 +67,9 @@ def output_hashes(project) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_forced_rerun_of_the_training_stages_writes_identical_bytes(tmp_path):
-    project = tiny_project(
-        tmp_path,
-        {
-            "split": {"train": 12, "validation": 6, "test": 6},
-            "prepare": {"image_sizes": [48]},
-            "train": {"runtime": {"deterministic": True}, "baseline": TINY, "augmented": TINY},
-            "pretrained": {"bases": {"vgg16": {"image_size": 48}, "efficientnet_lite0": None}},
-        },
-        per_class=24,
-    )
-    run(["dvc", "repro", "baseline", "augmented"], project)
+def test_forced_rerun_of_the_training_stages_writes_identical_bytes(project_copy):
+    """The shared trained project has `deterministic: true`; a copy of it is rerun."""
+    project = project_copy
     lock = (project / "dvc.lock").read_bytes()
     before = output_hashes(project)
     assert {"models/baseline.keras", "models/augmented.keras"} <= set(before)

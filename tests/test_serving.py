@@ -26,24 +26,20 @@ import requests
 from PIL import Image
 
 from pipeline.core.files import read_metrics
-from tests.helpers.project import ONLY_VGG16, command_env, merge_patch, run, tiny_project
+from tests.helpers.project import command_env, run
 from tests.helpers.synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image
 
 NAME = "dogs-vs-cats"
-MODELS = ["baseline", "augmented", "features-vgg16", "frozen_aug-vgg16", "finetune-vgg16"]
+MODELS = ["baseline", "augmented"] + [
+    f"{kind}-{base}" for kind in ("features", "frozen_aug", "finetune")
+    for base in ("vgg16", "efficientnet_lite0")
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """tests/projects.py's tiny project with one conv base (VGG16, random weights) and one
-    image size, reproduced once."""
-    patch = {
-        "prepare": {"image_sizes": [48]},
-        "pretrained": {"bases": {"vgg16": {"image_size": 48}}},
-    }
-    project = tiny_project(tmp_path_factory.mktemp("serving"), merge_patch(ONLY_VGG16, patch))
-    run(["dvc", "repro"], project)
-    return project
+def project(trained_project):
+    """The shared trained project (tests/conftest.py): every model, both conv bases."""
+    return trained_project.project
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +121,7 @@ files = sorted(photos.iterdir())
 answer = champion.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
 # The features model is conv base + head: on photos it matches the head on cached features.
 features_model = mlflow.pyfunc.load_model(features_uri)
-with np.load(project / "data/prepared/48px/test.npz") as arrays:
+with np.load(project / "data/prepared/32px/test.npz") as arrays:
     served = features_model.predict(pd.DataFrame({"pixels": list(arrays["images"])}))
 import keras
 head = keras.saving.load_model(project / "models/features-vgg16.keras")

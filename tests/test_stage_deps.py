@@ -18,10 +18,11 @@ from tests.helpers.closure import command_closure, covered, relative_file
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def project_stages() -> list:
+def project_stages(root: Path = ROOT) -> list:
+    """(name, command, deps) of every stage of the project at `root`, as DVC resolves them."""
     from dvc.repo import Repo
 
-    with Repo(str(ROOT)) as repo:
+    with Repo(str(root)) as repo:
         return [
             (stage.addressing, stage.cmd, [str(Path(d.def_path)) for d in stage.deps])
             for stage in repo.index.stages
@@ -31,8 +32,8 @@ def project_stages() -> list:
 STAGES = project_stages()
 
 
-def closure_files(cmd: str) -> list[str]:
-    return sorted(relative_file(ROOT, m) for m in command_closure(ROOT, cmd).modules)
+def closure_files(cmd: str, root: Path = ROOT) -> list[str]:
+    return sorted(relative_file(root, m) for m in command_closure(root, cmd).modules)
 
 
 @pytest.mark.parametrize(("stage", "cmd", "deps"), STAGES, ids=[s[0] for s in STAGES])
@@ -91,3 +92,50 @@ def test_every_training_stage_declares_the_params_its_run_logs():
             logged["augmentation"] = 1
         for key in flatten(logged):
             assert any(key == d or key.startswith(d + ".") for d in declared), (model.stage, key)
+
+
+# One module of each folder (and the CLI): an edit to it must make stale exactly the stages
+# whose import closure holds it. Each is imported, whole or in part, by every stage that
+# declares its folder, so DVC's folder deps give the exact set (an edit to, say,
+# reporting/compare.py also reruns the stages that declare pipeline/reporting: folder deps
+# err on the side of a needless rerun, never of a stale model).
+EDITED = [
+    "pipeline/cli.py",
+    "pipeline/core/errors.py",
+    "pipeline/data/dataset.py",
+    "pipeline/models/augment.py",
+    "pipeline/models/efficientnet_lite0/lite0.py",
+    "pipeline/training/runtime.py",
+    "pipeline/tracking/store.py",
+    "pipeline/serving/inference.py",
+    "pipeline/reporting/plots.py",
+    "pipeline/visualize/gradcam.py",
+]
+
+
+def stale_stages(project: Path) -> set[str]:
+    import json
+
+    from tests.helpers.project import run
+
+    return set(json.loads(run(["dvc", "status", "--json"], project).stdout))
+
+
+@pytest.mark.slow
+def test_an_edit_to_a_module_makes_stale_exactly_the_stages_that_run_it(project_copy):
+    project = project_copy
+    assert stale_stages(project) == set()
+    holders = {stage: set(closure_files(cmd, project)) for stage, cmd, _ in project_stages(project)}
+    for module in EDITED:
+        path = project / module
+        original = path.read_bytes()
+        path.write_bytes(original + b"# an edit\n")
+        try:
+            stale = stale_stages(project)
+        finally:
+            path.write_bytes(original)
+        expected = {stage for stage, files in holders.items() if module in files}
+        assert stale == expected, (module, sorted(stale ^ expected))
+        if "efficientnet_lite0" in module:
+            assert not stale & {"baseline", "augmented"}
+        print(f"{module}: {len(stale)} stale: {', '.join(sorted(stale))}")  # pytest -s

@@ -5,6 +5,7 @@ synthetic images, and copies of a trained one for tests that change it."""
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.workspace import (  # noqa: F401  (the tests' one import of project helpers)
@@ -58,9 +59,19 @@ def tiny_project(root: Path, patch: dict | None = None, per_class: int = 50, siz
     return make_project(root / "project", TINY_PARAMS, data, patch or {})
 
 
+@dataclass
+class TrainedProject:
+    """A tiny project after its first `dvc repro`, and what that repro printed."""
+
+    project: Path
+    output: str
+
+
 def copy_project(project: Path, dest: Path) -> Path:
     """A copy of a trained project, for a test that changes it: the git repo, the DVC cache,
-    the MLflow store and every output, as they are (`cp -a` keeps the times DVC checks)."""
+    the MLflow store and every output, as they are (`cp -a` keeps the times DVC checks).
+    The store's artifact location is an absolute path: runs the copy adds put their
+    artifacts beside the original's, in folders of their own run ids."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "-a", str(project), str(dest)], check=True)
     return dest
