@@ -84,7 +84,7 @@ def command(args: list[str], cwd: Path) -> dict:
 
 
 def make_benchmark_project(work: Path, archive: Path, overrides: list[str]) -> Path:
-    """The tests' real project (tests/projects.py) with only the offline conv base."""
+    """A real project (workspace.py) with only the offline conv base."""
     data = {"data": {"source": str(archive.resolve())}}
     only_lite0 = {"pretrained": {"bases": {"vgg16": None}}}
     return make_project(work / "project", data, only_lite0, dotted_patch(*overrides))

@@ -24,7 +24,7 @@ def project_stages(root: Path = ROOT) -> list:
 
     with Repo(str(root)) as repo:
         return [
-            (stage.addressing, stage.cmd, [str(Path(d.def_path)) for d in stage.deps])
+            (stage.name, stage.cmd, [str(Path(d.def_path)) for d in stage.deps])
             for stage in repo.index.stages
         ]
 

@@ -57,7 +57,7 @@ def tiny_convnet() -> keras.Model:
 @pytest.fixture(scope="module")
 def trained():
     keras.utils.set_random_seed(0)
-    x_train, y_train, _ = patch_images(800, SIZE, PATCH, seed=1)
+    x_train, y_train, _ = patch_images(480, SIZE, PATCH, seed=1)
     x_test, y_test, boxes = patch_images(120, SIZE, PATCH, seed=2)
     model = tiny_convnet()
     model.compile(keras.optimizers.Adam(2e-3), "binary_crossentropy", metrics=["accuracy"])
