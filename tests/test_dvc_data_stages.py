@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from tests.helpers.project import ran_stages, run, tiny_project, update_params
 
 
+@pytest.mark.slow
 def test_dvc_repro_data_stages(tmp_path):
     project = tiny_project(
         tmp_path,

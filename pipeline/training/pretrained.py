@@ -107,9 +107,7 @@ def finetune(params: Params, base: str) -> dict:
     model = catalog.trained_model(params, "finetune", base)
     source = catalog.trained_model(params, "frozen_aug", base)
     if not source.model_file.is_file():
-        raise PipelineError(
-            f"{source.model_file} not found; run `dvc repro {source.stage}` first"
-        )
+        raise PipelineError(f"{source.model_file} not found; run `dvc repro {source.stage}` first")
     first_unfrozen = base_settings(params, base).finetune_from
 
     def build_model():
