@@ -120,6 +120,7 @@ def visualize(
     """Grad-CAM, worst mistakes, activations, filter patterns of one trained model into
     reports/figures/<model>/visualize/; logged to the model's MLflow run."""
     from pipeline.tracking import store
+
     params = load_params()
     try:
         catalog.by_name(params, model)  # in a second, before TensorFlow loads

@@ -20,6 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from pipeline.core import catalog
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import atomic_path
 
@@ -49,6 +50,30 @@ def save_keras(model, path: Path | str) -> Path:
             f"cannot write {path}: {exc.strerror or exc} ({exc.filename})"
         ) from None
     return path
+
+
+def load_keras(path: Path | str, compile: bool = False, advice: str = ""):
+    """The Keras model saved at `path`, with the pipeline's custom layers. A missing file or one
+    that is not a readable Keras model (truncated, damaged, not a model at all) is one
+    PipelineError naming it and what to do: for a model of models/, its DVC stage."""
+    path = Path(path)
+    advice = catalog.model_file_advice(path, advice)
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except Exception as exc:  # Keras raises many types, some with a misleading text
+        raise PipelineError(
+            f"{path}: not a readable Keras model ({_why(path, exc)}); {advice}"
+        ) from None
+
+
+def _why(path: Path, exc: Exception) -> str:
+    # For a file that is not a zip, Keras says "File not found", although it exists.
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        return "not a zip archive: truncated, or not a model"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 def normalise_keras_zip(source: Path, target: Path) -> None:

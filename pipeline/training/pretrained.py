@@ -100,20 +100,17 @@ def frozen_aug(params: Params, base: str) -> dict:
 
 def finetune(params: Params, base: str) -> dict:
     """Listing 5.22-5.23: continue from frozen_aug with the top of the base unfrozen."""
-    import keras
-
+    from pipeline.models.model_io import load_keras
     from pipeline.models.pretrained import unfreeze_from
 
     model = catalog.trained_model(params, "finetune", base)
     source = catalog.trained_model(params, "frozen_aug", base)
     if not source.model_file.is_file():
-        raise PipelineError(
-            f"{source.model_file} not found; run `dvc repro {source.stage}` first"
-        )
+        raise PipelineError(f"{source.model_file} not found; run `dvc repro {source.stage}` first")
     first_unfrozen = base_settings(params, base).finetune_from
 
     def build_model():
-        network = keras.models.load_model(source.model_file)
+        network = load_keras(source.model_file, compile=True)
         unfreeze_from(network, base, first_unfrozen)
         return network
 

@@ -179,7 +179,12 @@ def fit(job: Job, model: keras.Model, checkpoints: Path, previous: list[dict]):
     (x_train, y_train), (x_val, y_val) = job.data.train, job.data.validation
     steps = job.fit.steps_per_epoch
     train_ds = make_dataset(
-        x_train, y_train, job.fit.batch_size, training=True, seed=job.settings.seed, repeat=steps > 0
+        x_train,
+        y_train,
+        job.fit.batch_size,
+        training=True,
+        seed=job.settings.seed,
+        repeat=steps > 0,
     )
     recorder, backup = resume.callbacks(checkpoints, previous)
     started = time.perf_counter()

@@ -26,6 +26,7 @@ from pipeline.core.files import atomic_dir
 from pipeline.core.params import Params, VisualizeParams
 from pipeline.data import CLASSES
 from pipeline.data.prepare import load_prepared
+from pipeline.models.model_io import load_keras
 from pipeline.serving.inference import predicted_labels
 from pipeline.visualize import figures, filters
 from pipeline.visualize.activations import activations
@@ -38,10 +39,7 @@ def load_model(params: Params, target: TrainedModel) -> tuple[keras.Model, keras
     """(the saved model, a model from raw pixels to P(dog)). They are the same model except
     for features-<base>, a dense head on cached features: its pixel model is the conv base
     (from models/bases/, as extract@<base> ran it) followed by the head."""
-    path = target.model_file
-    if not path.is_file():
-        raise PipelineError(f"{path} not found; run `dvc repro {target.stage}` first")
-    saved = keras.models.load_model(path, compile=False)
+    saved = load_keras(target.model_file)
     if target.kind.name != "features":
         return saved, saved
     from pipeline.models.pretrained import head_on_pixels
@@ -53,7 +51,9 @@ def load_model(params: Params, target: TrainedModel) -> tuple[keras.Model, keras
     return saved, pixel_model
 
 
-def predict_test_set(target: TrainedModel, saved: keras.Model, model: keras.Model, images) -> np.ndarray:
+def predict_test_set(
+    target: TrainedModel, saved: keras.Model, model: keras.Model, images
+) -> np.ndarray:
     """P(dog) of every test image. Where the conv base is the frozen one of extract@<base>
     (features-, frozen_aug-<base>), from its cached test features: running VGG16 over the
     test set again would be most of the stage's time."""
@@ -94,7 +94,9 @@ def visualize(params: Params, name: str) -> dict[str, float]:
     return seconds
 
 
-def _draw_all(target: TrainedModel, settings, models, test, patterns, out: Path) -> dict[str, float]:
+def _draw_all(
+    target: TrainedModel, settings, models, test, patterns, out: Path
+) -> dict[str, float]:
     """Every figure into `out`; the seconds of each kind."""
     (saved, model), (images, labels) = models, test
     seconds = {}
@@ -119,7 +121,9 @@ def _timed(draw, *args) -> float:
     return time.perf_counter() - started
 
 
-def draw_gradcam(target: TrainedModel, gradcam: GradCam, images, labels, settings, out: Path) -> None:
+def draw_gradcam(
+    target: TrainedModel, gradcam: GradCam, images, labels, settings, out: Path
+) -> None:
     sample = balanced_sample(labels, settings.gradcam_images, settings.seed)
     heats, p_dog = gradcam(images[sample])
     figures.heatmap_grid(
@@ -133,7 +137,13 @@ def draw_gradcam(target: TrainedModel, gradcam: GradCam, images, labels, setting
 
 
 def draw_mistakes(
-    target: TrainedModel, gradcam: GradCam, images, labels, p_dog, out: Path, settings: VisualizeParams
+    target: TrainedModel,
+    gradcam: GradCam,
+    images,
+    labels,
+    p_dog,
+    out: Path,
+    settings: VisualizeParams,
 ) -> np.ndarray:
     """The gallery of the worst mistakes; returns the indices of the test images shown."""
     worst = worst_mistakes(p_dog, labels, settings.mistakes)
@@ -193,7 +203,9 @@ def pattern_source(params: Params, target: TrainedModel, model) -> tuple[keras.M
     return keras.Model(pixels, base(BASES[target.base].preprocess()(pixels))), layers
 
 
-def draw_filters(target: TrainedModel, source: keras.Model, layers: list, settings, out: Path) -> None:
+def draw_filters(
+    target: TrainedModel, source: keras.Model, layers: list, settings, out: Path
+) -> None:
     config = settings.filters
     owner = target.base or target.name
     for layer in layers:
