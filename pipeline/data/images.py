@@ -86,8 +86,8 @@ def shrunk(image: Image.Image, image_size: int) -> Image.Image:
         what = "a progressive JPEG (decoded whole) of " if progressive else ""
         raise ImageTooLarge(
             f"too large: {what}{declared[0]} x {declared[1]} pixels, "
-            f"{held[0] * held[1] / 1e6:.0f} megapixels to decode, more than the "
-            f"{MAX_PIXELS / 1e6:.0f} allowed; send a smaller copy"
+            f"{held[0] * held[1] / 1e6:.3g} megapixels to decode, more than the "
+            f"{MAX_PIXELS / 1e6:.3g} allowed; send a smaller copy"
         )
     image.load()
     factor = min(image.size) // wanted
