@@ -5,7 +5,7 @@ import zipfile
 import pytest
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import DataParams
+from pipeline.core.params import DataParams, TransferParams
 from pipeline.data.download import download
 from pipeline.data.fetch import fetch_archive
 from tests.helpers.synthetic import corrupt_jpeg, write_archive
@@ -96,7 +96,12 @@ def test_unreachable_url_fails_after_retries(tmp_path):
     with pytest.raises(
         PipelineError, match=r"cannot download http://127.0.0.1:9/x.zip after 3 attempts"
     ):
-        fetch_archive("http://127.0.0.1:9/x.zip", cache_dir=tmp_path, retries=3, backoff_seconds=0)
+        fetch_archive(
+            "http://127.0.0.1:9/x.zip",
+            cache_dir=tmp_path,
+            transfer=TransferParams(attempts=3),
+            backoff_seconds=0,
+        )
 
 
 def test_transient_errors_are_retried(archive_server):

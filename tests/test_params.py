@@ -61,7 +61,10 @@ def test_bare_on_and_off_mean_the_switch_not_a_boolean(tmp_path):
             {"pretrained": {"bases": {"vgg16": {"pooling": "max"}}}},
             "pretrained.bases.vgg16.pooling",
         ),
-        ({"registry": {"model_name": "dogs/cats"}}, "registry.model_name: String should match"),
+        (
+            {"registry": {"model_name": "dogs/cats"}},
+            "registry.model_name: a letter or digit first, then only letters, digits",
+        ),
         ({"registry": {"model_nme": "x"}}, "unknown key 'registry.model_nme': did you mean"),
         ({"visualize": {"mistakes": 0}}, "visualize.mistakes: Input should be greater than 0"),
         (

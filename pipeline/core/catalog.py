@@ -158,3 +158,30 @@ def stage_of(name: str) -> str:
     """The DVC stage of a model name, without params: `features-vgg16` -> `features@vgg16`."""
     kind, _, base = name.partition("-")
     return f"{kind}@{base}" if base else kind
+
+
+def stage_of_file(path: Path | str) -> str | None:
+    """The DVC stage that writes a model file of models/ (`models/features-vgg16.keras` ->
+    `features@vgg16`); None for any other file."""
+    path = Path(path)
+    in_models = path.parent.name == paths.MODELS_DIR.name and path.suffix == ".keras"
+    if in_models and path.stem.partition("-")[0] in KINDS:
+        return stage_of(path.stem)
+    return None
+
+
+def model_file_advice(path: Path | str, advice: str = "") -> str:
+    """What to do about a model file that is missing or unreadable (`advice` if given): for
+    a model of models/, restore or retrain its stage. PipelineError now if it is missing."""
+    path = Path(path)
+    if not advice:
+        stage = stage_of_file(path)
+        advice = (
+            f"run `dvc checkout {stage}` to restore it from the DVC cache, "
+            f"or `dvc repro {stage}` to train it again"
+            if stage
+            else "give a .keras file that Keras 3 saved (model.save)"
+        )
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such file; {advice}")
+    return advice

@@ -7,15 +7,18 @@ value is one clear error naming the key, never a crash halfway through a stage.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
@@ -29,10 +32,46 @@ from pipeline.core.paths import PARAMS_FILE
 MIN_SCRATCH_IMAGE_SIZE = 46
 MIN_BASE_IMAGE_SIZE = 32
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-LearningRate = Annotated[float, Field(gt=0, lt=1)]
-Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+def _not_a_boolean(value):
+    # YAML's true/false are Python's True/False, which pydantic would take as 1/0.
+    if isinstance(value, bool):
+        raise ValueError("Input should be a number, not true or false")
+    return value
+
+
+# Strict: `epochs: true` (or 30.0, or "30") is an error, not 1. Every integer of params.yaml
+# is an Int; every real number a Number (an int is fine there, a boolean is not).
+Int = Annotated[int, Strict()]
+Number = Annotated[float, BeforeValidator(_not_a_boolean)]
+PositiveInt = Annotated[Int, Field(gt=0)]
+NonNegativeInt = Annotated[Int, Field(ge=0)]
+LearningRate = Annotated[Number, Field(gt=0, lt=1)]
+Fraction = Annotated[Number, Field(ge=0, lt=1)]
+
+
+def _matching(pattern: str, in_words: str) -> AfterValidator:
+    """A string check whose error says in words what is allowed, not the regex."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(in_words)
+        return value
+
+    return AfterValidator(check)
+
+
+Sha256 = Annotated[str, _matching(r"([0-9a-fA-F]{64})?", "empty, or 64 hex digits (0-9, a-f)")]
+# An MLflow registered model name that is also a valid models:/ URI path segment.
+ModelName = Annotated[
+    str,
+    Field(min_length=1),
+    _matching(
+        r"[A-Za-z0-9][A-Za-z0-9._-]*",
+        "a letter or digit first, then only letters, digits, '.', '_' or '-'",
+    ),
+]
 
 
 class Section(BaseModel):
@@ -40,9 +79,21 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TransferParams(Section):
+    """How an http(s) data.source travels (pipeline/data/fetch.py). Not declared in dvc.yaml:
+    how the bytes arrive does not change what they are."""
+
+    timeout_seconds: Annotated[Number, Field(gt=0)] = 30.0  # to connect, and for each read
+    attempts: PositiveInt = 5  # each resumes where the last one stopped
+    # Fewer bytes than this times timeout_seconds in any timeout_seconds fails the attempt
+    # (a server that trickles); 0: no minimum.
+    min_bytes_per_second: NonNegativeInt = 10_000
+
+
 class DataParams(Section):
     source: str = Field(min_length=1)
-    sha256: str = Field(default="", pattern=r"^([0-9a-fA-F]{64})?$")
+    sha256: Sha256 = ""
+    transfer: TransferParams = TransferParams()
 
 
 class SplitParams(Section):
@@ -50,14 +101,14 @@ class SplitParams(Section):
     validation: PositiveInt = 500
     test: PositiveInt = 500
     order: Literal["book", "shuffle"] = "book"
-    seed: int = 42
+    seed: Int = 42
 
     def counts(self) -> dict[str, int]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
 
 
 class PrepareParams(Section):
-    image_sizes: list[Annotated[int, Field(ge=MIN_BASE_IMAGE_SIZE, le=1024)]] = Field(min_length=1)
+    image_sizes: list[Annotated[Int, Field(ge=MIN_BASE_IMAGE_SIZE, le=1024)]] = Field(min_length=1)
 
 
 class FitParams(Section):
@@ -70,7 +121,7 @@ class FitParams(Section):
 
 
 class ScratchParams(FitParams):
-    image_size: Annotated[int, Field(ge=MIN_SCRATCH_IMAGE_SIZE)] = 150
+    image_size: Annotated[Int, Field(ge=MIN_SCRATCH_IMAGE_SIZE)] = 150
     dropout: Fraction = 0.0
 
 
@@ -104,7 +155,7 @@ class RuntimeParams(Section):
 
 class TrainParams(Section):
     # One section per model of pipeline/core/catalog.py, named as the model.
-    seed: int = 42
+    seed: Int = 42
     runtime: RuntimeParams
     baseline: ScratchParams
     augmented: ScratchParams
@@ -114,16 +165,16 @@ class TrainParams(Section):
 
 
 class AugmentationParams(Section):
-    rotation_degrees: Annotated[float, Field(ge=0, le=180)] = 40
+    rotation_degrees: Annotated[Number, Field(ge=0, le=180)] = 40
     width_shift: Fraction = 0.2
     height_shift: Fraction = 0.2
-    shear_degrees: Annotated[float, Field(ge=0, lt=90)] = 11.46
+    shear_degrees: Annotated[Number, Field(ge=0, lt=90)] = 11.46
     zoom: Fraction = 0.2
     horizontal_flip: bool = True
 
 
 class BaseParams(Section):
-    image_size: Annotated[int, Field(ge=MIN_BASE_IMAGE_SIZE)]
+    image_size: Annotated[Int, Field(ge=MIN_BASE_IMAGE_SIZE)]
     weights: str = Field(default="imagenet", min_length=1)
     pooling: Literal["flatten", "avg"] = "flatten"
     finetune_from: str = Field(min_length=1)
@@ -144,15 +195,14 @@ class PretrainedParams(Section):
 
 
 class RegistryParams(Section):
-    # An MLflow registered model name, also a valid models:/ URI path segment.
-    model_name: str = Field(default="dogs-vs-cats", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model_name: ModelName = "dogs-vs-cats"
 
 
 class FilterPatternParams(Section):
     count: PositiveInt = 8
     steps: PositiveInt = 30
-    step_size: Annotated[float, Field(gt=0)] = 1.0
-    image_size: Annotated[int, Field(ge=MIN_SCRATCH_IMAGE_SIZE, le=1024)] = 64
+    step_size: Annotated[Number, Field(gt=0)] = 1.0
+    image_size: Annotated[Int, Field(ge=MIN_SCRATCH_IMAGE_SIZE, le=1024)] = 64
     layers: dict[str, list[str]] = Field(default_factory=dict)
 
     @field_validator("layers")
@@ -165,7 +215,7 @@ class FilterPatternParams(Section):
 
 
 class VisualizeParams(Section):
-    seed: int = 42
+    seed: Int = 42
     gradcam_images: PositiveInt = 16
     mistakes: PositiveInt = 8
     activation_image: NonNegativeInt = 0

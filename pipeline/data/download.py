@@ -26,7 +26,7 @@ from pipeline.core.files import atomic_dir, write_text
 from pipeline.core.params import DataParams
 from pipeline.core.paths import DOWNLOAD_REPORT, IMAGES_DIR
 from pipeline.data import CLASSES
-from pipeline.data.fetch import fetch_archive
+from pipeline.data.fetch import fetch_archive, is_url
 
 CHUNK = 512  # images verified per batch: bounded memory
 
@@ -55,13 +55,20 @@ def classify_image(data: bytes) -> str:
     return "valid"
 
 
-def _read_member(archive: zipfile.ZipFile, archive_path: Path, member: zipfile.ZipInfo) -> bytes:
+def damaged_advice(downloaded: bool) -> str:
+    """What to do about a damaged archive: a download can be fetched again; a local
+    data.source may be the user's only copy, so nothing says to delete it."""
+    if downloaded:
+        return "the download is truncated or damaged: delete it and run again"
+    return "the file is damaged (truncated or corrupted): point data.source at a good copy"
+
+
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, advice: str) -> bytes:
     try:
         return archive.read(member)
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
         raise PipelineError(
-            f"{archive_path}: member {member.filename} cannot be read ({exc}); "
-            "the archive is truncated or damaged: delete it and download again"
+            f"{archive.filename}: member {member.filename} cannot be read ({exc}); {advice}"
         ) from None
 
 
@@ -85,14 +92,17 @@ def _index_members(
 STATUSES = ("valid", "corrupt", "zero_byte", "not_image", "not_numbered")
 
 
-def extract_images(archive_path: Path, images_dir: Path = IMAGES_DIR) -> dict:
-    """Verify and extract every image; return the report (counts per class and skipped files)."""
+def extract_images(
+    archive_path: Path, images_dir: Path = IMAGES_DIR, downloaded: bool = False
+) -> dict:
+    """Verify and extract every image; return the report (counts per class and skipped files).
+    `downloaded`: the archive is our download (not the user's own file), safe to delete."""
+    advice = damaged_advice(downloaded)
     try:
         archive = zipfile.ZipFile(archive_path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise PipelineError(
-            f"{archive_path}: not a readable zip archive ({exc}); the download may be "
-            "truncated: delete it and run again, or check data.source"
+            f"{archive_path}: not a readable zip archive ({exc}); {advice}"
         ) from None
     with archive, atomic_dir(images_dir) as tmp:
         layout, members = _index_members(archive)
@@ -101,7 +111,7 @@ def extract_images(archive_path: Path, images_dir: Path = IMAGES_DIR) -> dict:
                 f"{archive_path}: no images in a known layout (train/cat.N.jpg or "
                 "PetImages/Cat/N.jpg); check data.source"
             )
-        counts, skipped = _verify_and_write(archive, archive_path, members, tmp)
+        counts, skipped = _verify_and_write(archive, advice, members, tmp)
         for label in CLASSES:
             if counts[label]["valid"] == 0:
                 raise PipelineError(
@@ -115,7 +125,7 @@ def extract_images(archive_path: Path, images_dir: Path = IMAGES_DIR) -> dict:
     }
 
 
-def _verify_and_write(archive, archive_path: Path, members: list, out: Path):
+def _verify_and_write(archive, advice: str, members: list, out: Path):
     """Decode every member; write the valid ones to out/<class>/<number>.jpg; count the rest."""
     counts = {label: Counter() for label in CLASSES}
     skipped = []
@@ -124,7 +134,7 @@ def _verify_and_write(archive, archive_path: Path, members: list, out: Path):
 
     def check(item):
         member, label, number = item
-        data = _read_member(archive, archive_path, member)
+        data = _read_member(archive, member, advice)
         return data, classify_image(data)
 
     # Bounded chunks keep memory flat; reads are serialised by the lock inside
@@ -152,8 +162,9 @@ def _verify_and_write(archive, archive_path: Path, members: list, out: Path):
 def download(
     params: DataParams, images_dir: Path = IMAGES_DIR, report_file: Path = DOWNLOAD_REPORT
 ) -> dict:
-    archive = fetch_archive(params.source, params.sha256)
-    report = {"source": params.source, **extract_images(archive, images_dir)}
+    archive = fetch_archive(params.source, params.sha256, transfer=params.transfer)
+    downloaded = is_url(params.source)
+    report = {"source": params.source, **extract_images(archive, images_dir, downloaded)}
     write_text(report_file, json.dumps(report, indent=2) + "\n")
     for label, c in report["classes"].items():
         bad = sum(c.values()) - c["valid"]

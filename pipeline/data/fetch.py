@@ -1,8 +1,11 @@
 """Get the archive named by data.source onto local disk: a URL, a path, or a file:// URL.
 
 Downloads resume after a broken transfer (HTTP Range) and retry transient failures
-(connection errors, timeouts, 5xx, 429); anything else fails at once with one clear line.
-keras.utils.get_file does hashing and caching but neither resumes nor retries, hence this.
+(connection errors, timeouts, 5xx, 429, a transfer slower than data.transfer's minimum rate);
+anything else fails at once with one clear line. Every attempt ends: a connection or a read
+waits at most data.transfer.timeout_seconds, and a server that keeps the connection alive with
+a trickle (one byte every 10 s) fails the minimum rate, checked on each read. keras.utils.get_file
+does hashing and caching but neither resumes nor retries nor bounds a slow server, hence this.
 """
 
 from __future__ import annotations
@@ -13,14 +16,13 @@ import urllib.parse
 from pathlib import Path
 
 import requests
+import urllib3
 from tqdm import tqdm
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import CHUNK, sha256_of
+from pipeline.core.params import TransferParams
 from pipeline.core.paths import DOWNLOAD_CACHE, project_root
-
-RETRIES = 5
-TIMEOUT_SECONDS = 30
 
 
 class _Transient(Exception):
@@ -43,15 +45,14 @@ def fetch_archive(
     source: str,
     sha256: str = "",
     cache_dir: Path | None = None,
-    retries: int = RETRIES,
+    transfer: TransferParams | None = None,
     backoff_seconds: float = 1.0,
 ) -> Path:
     """Return a local path to the archive, downloading it first if `source` is a URL."""
     if is_url(source):
         # One cache in the user's project: experiments in temporary copies reuse it too.
-        path = _download(
-            source, cache_dir or project_root() / DOWNLOAD_CACHE, retries, backoff_seconds
-        )
+        cache_dir = cache_dir or project_root() / DOWNLOAD_CACHE
+        path = _download(source, cache_dir, transfer or TransferParams(), backoff_seconds)
     else:
         path = local_path(source)
         if not path.is_file():
@@ -76,41 +77,41 @@ def _cache_path(url: str, cache_dir: Path) -> Path:
     return cache_dir / f"{key}-{name}"
 
 
-def _download(url: str, cache_dir: Path, retries: int, backoff_seconds: float) -> Path:
+def _download(url: str, cache_dir: Path, transfer: TransferParams, backoff_seconds: float) -> Path:
     target = _cache_path(url, cache_dir)
     if target.is_file():
         print(f"using cached download {target}")
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
-    last_error = ""
-    for attempt in range(1, retries + 1):
+    last_error, attempts = "", transfer.attempts
+    for attempt in range(1, attempts + 1):
         try:
-            _stream_to(url, part)
+            _stream_to(url, part, transfer)
             part.replace(target)
             return target
         except _Transient as exc:
             last_error = str(exc)
-            if attempt < retries:
+            if attempt < attempts:
                 wait = backoff_seconds * 2 ** (attempt - 1)
                 print(
-                    f"download attempt {attempt}/{retries} failed ({exc}); retrying in {wait:.0f} s"
+                    f"download attempt {attempt}/{attempts} failed ({exc}); retrying in {wait:.0f} s"
                 )
                 time.sleep(wait)
     raise PipelineError(
-        f"data.source: cannot download {url} after {retries} attempts ({last_error}); "
+        f"data.source: cannot download {url} after {attempts} attempts ({last_error}); "
         "check the URL and network, or set data.source to a local archive"
     )
 
 
-def _stream_to(url: str, part: Path) -> None:
+def _stream_to(url: str, part: Path, transfer: TransferParams) -> None:
     """One attempt: resume `part` if the server honours Range, else start it over."""
     have = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
-        response = requests.get(url, headers=headers, stream=True, timeout=TIMEOUT_SECONDS)
+        response = requests.get(url, headers=headers, stream=True, timeout=transfer.timeout_seconds)
     except requests.RequestException as exc:
-        raise _Transient(type(exc).__name__) from exc
+        raise _Transient(_reason(exc, transfer)) from exc
     with response:
         if response.status_code == 416 and have:  # nothing left to fetch: .part was complete
             return
@@ -130,11 +131,54 @@ def _stream_to(url: str, part: Path) -> None:
             open(part, "ab" if resumed else "wb") as f,
             tqdm(total=total, initial=have, unit="B", unit_scale=True, desc="download") as bar,
         ):
-            try:
-                for chunk in response.iter_content(CHUNK):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-            except requests.RequestException as exc:
-                raise _Transient(f"transfer broken: {type(exc).__name__}") from exc
+            _copy_body(response, f, bar, transfer)
         if total is not None and part.stat().st_size != total:
             raise _Transient(f"transfer broken at {part.stat().st_size} of {total} bytes")
+
+
+def _copy_body(response, f, bar, transfer: TransferParams) -> None:
+    """Copy the body as it arrives (read1: whatever one read brings, so the clock is checked
+    after every read, however slowly the bytes come), within the minimum rate."""
+    rate = _RateCheck(transfer)
+    try:
+        while chunk := response.raw.read1(CHUNK, decode_content=True):
+            f.write(chunk)
+            bar.update(len(chunk))
+            rate.received(len(chunk))
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.filename is not None:
+            raise  # the disk, not the network: the CLI names the file
+        raise _Transient(f"transfer broken: {_reason(exc, transfer)}") from exc
+
+
+class _RateCheck:
+    """Fewer than min_bytes_per_second x timeout_seconds bytes in a window of timeout_seconds
+    fails the attempt: a trickle that keeps each read under the timeout still ends."""
+
+    def __init__(self, transfer: TransferParams):
+        self.transfer = transfer
+        self.window_start, self.window_bytes = time.monotonic(), 0
+
+    def received(self, count: int) -> None:
+        self.window_bytes += count
+        elapsed = time.monotonic() - self.window_start
+        if elapsed < self.transfer.timeout_seconds:
+            return
+        minimum = self.transfer.min_bytes_per_second
+        if self.window_bytes < minimum * elapsed:
+            raise _Transient(
+                f"slower than data.transfer.min_bytes_per_second={minimum}: "
+                f"{self.window_bytes} bytes in {elapsed:.1f} s"
+            )
+        self.window_start, self.window_bytes = time.monotonic(), 0
+
+
+def _reason(exc: Exception, transfer: TransferParams) -> str:
+    """The exception's type, and for a timeout the param that set it."""
+    timeouts = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
+    if isinstance(exc, timeouts):
+        return (
+            f"{type(exc).__name__}: no answer within "
+            f"data.transfer.timeout_seconds={transfer.timeout_seconds:g} s"
+        )
+    return type(exc).__name__

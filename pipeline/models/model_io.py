@@ -20,6 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from pipeline.core import catalog
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import atomic_path
 
@@ -49,6 +50,36 @@ def save_keras(model, path: Path | str) -> Path:
             f"cannot write {path}: {exc.strerror or exc} ({exc.filename})"
         ) from None
     return path
+
+
+def load_keras(path: Path | str, compile: bool = False, advice: str = ""):
+    """The Keras model saved at `path`, with the pipeline's custom layers. A missing file or one
+    that is not a readable Keras model (truncated, damaged, not a model at all) is one
+    PipelineError naming it and what to do: for a model of models/, its DVC stage."""
+    import keras
+
+    path = Path(path)
+    advice = check_keras_file(path, advice)
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except Exception as exc:  # Keras raises many types: the first line of any says why
+        text = str(exc).strip().splitlines()
+        why = f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+        raise PipelineError(f"{path}: not a readable Keras model ({why}); {advice}") from None
+
+
+def check_keras_file(path: Path | str, advice: str = "") -> str:
+    """PipelineError now if `path` is missing, or a .keras file that is not a zip (truncated,
+    or not a model: Keras would say "File not found", although it exists); else the advice
+    for a failure to load it (catalog.model_file_advice)."""
+    path = Path(path)
+    advice = catalog.model_file_advice(path, advice)
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise PipelineError(
+            f"{path}: not a readable Keras model (not a zip archive: truncated, or not a "
+            f"model); {advice}"
+        )
+    return advice
 
 
 def normalise_keras_zip(source: Path, target: Path) -> None:

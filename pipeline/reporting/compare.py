@@ -219,6 +219,12 @@ def _mean_std(mean: float, std: float) -> str:
 
 def run_compare(selection: Selection, argv: str = "") -> pd.DataFrame:
     """Compare, write reports/compare.*, log them to MLflow; return the summary."""
+    uri = store.tracking_uri()
+    if missing := store.missing_store_file(uri):  # connect() would create an empty store
+        raise PipelineError(
+            f"the MLflow store {uri} does not exist ({missing}); train some models first "
+            "(README: seed spread), or set MLFLOW_TRACKING_URI to the store that has them"
+        )
     store.connect()
     runs, notes = group_runs(load_runs(selection), selection)
     summary = summarise(runs)

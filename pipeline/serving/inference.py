@@ -26,7 +26,7 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 from PIL import Image
 
 from pipeline.data import CLASSES
-from pipeline.data.images import UnreadableImage, decode, square_pixels
+from pipeline.data.images import ImageTooLarge, UnreadableImage, decode, square_pixels
 
 KERAS_ARTIFACT = "keras_model"
 IMAGE, PIXELS = "image", "pixels"
@@ -50,11 +50,11 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
 
 def load_keras(path):
-    import keras
+    """The Keras model of a logged MLflow Model (its artifact `keras_model`)."""
+    from pipeline.models.model_io import load_keras as load
 
-    import pipeline.models  # noqa: F401  (registers the custom layers)
-
-    return keras.saving.load_model(path, compile=False)
+    advice = "this MLflow Model is damaged: rerun its training stage (dvc repro) to log it again"
+    return load(path, advice=advice)
 
 
 def input_size(model) -> int:
@@ -81,18 +81,28 @@ def pixels_of(frame, image_size: int) -> np.ndarray:
     """The (N, size, size, 3) uint8 batch of an `image` or `pixels` column."""
     columns = set(getattr(frame, "columns", ()))
     if not columns & {IMAGE, PIXELS}:
-        raise _invalid(
-            f"expected a column {IMAGE!r} (JPEG, PNG or WebP file bytes; base64 in JSON) "
-            f"or {PIXELS!r} (H x W x 3 arrays of 0-255), got {sorted(map(str, columns))}"
-        )
+        raise _invalid(_no_known_column(sorted(map(str, columns))))
     column = IMAGE if IMAGE in columns else PIXELS
     batch = np.empty((len(frame), image_size, image_size, 3), np.uint8)
     for row, value in enumerate(frame[column]):
         try:
             batch[row] = (decode if column == IMAGE else resize)(value, image_size)
+        except ImageTooLarge as exc:
+            raise _invalid(f"row {row}: {exc}") from None
         except UnreadableImage as exc:
             raise _invalid(f"row {row}: {exc}; send JPEG, PNG or WebP file bytes") from None
     return batch
+
+
+def _no_known_column(got: list[str]) -> str:
+    expected = (
+        f"expected a column {IMAGE!r} (JPEG, PNG or WebP file bytes; base64 in JSON) "
+        f"or {PIXELS!r} (H x W x 3 arrays of 0-255)"
+    )
+    if got:
+        return f"{expected}, got the columns {got}"
+    # Served, MLflow's schema check has dropped every column not in the signature already.
+    return f"{expected}, got neither; only these two columns are read, any other is dropped"
 
 
 def resize(pixels, image_size: int) -> np.ndarray:

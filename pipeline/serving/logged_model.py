@@ -77,7 +77,9 @@ def _image_model(job, model_file: Path, tmp: Path) -> Path:
     one takes something else (a head on features: conv base + head)."""
     if job.pixels_model is None:
         return model_file
-    model = job.pixels_model(inference.load_keras(model_file))
+    from pipeline.models.model_io import load_keras
+
+    model = job.pixels_model(load_keras(model_file))
     model.save(tmp / "model.keras")
     return tmp / "model.keras"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import urllib.parse
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core import catalog
 from pipeline.core.errors import PipelineError
 from pipeline.core.files import atomic_path
 from pipeline.data import images
@@ -75,8 +77,10 @@ def image_files(targets: Iterable[Path]) -> list[Path]:
 
 
 def load_classifier(model: str):
-    """(image size, pixels -> P(dog)) of a models:/ URI or a local .keras file."""
-    if model.endswith(".keras"):
+    """(image size, pixels -> P(dog)) of a models:/ (or other MLflow) URI, a local Keras
+    file, or a local MLflow Model folder. A local path that does not exist is a missing file,
+    whatever its suffix: only a URI (`scheme:/...`) is looked up in the MLflow store."""
+    if not _is_uri(model) and not Path(model).is_dir():
         return _local_classifier(Path(model))
     pyfunc = _load_registered(model)
     size = int(pyfunc.metadata.metadata["image_size"])
@@ -90,10 +94,19 @@ def load_classifier(model: str):
     return size, p_dog
 
 
+def _is_uri(model: str) -> bool:
+    scheme = urllib.parse.urlparse(model).scheme
+    return len(scheme) > 1  # not a Windows drive letter (C:\\...)
+
+
 def _local_classifier(path: Path):
-    if not path.is_file():
-        raise PipelineError(f"--model {path}: no such file")
-    keras_model = inference.load_keras(path)
+    try:
+        catalog.model_file_advice(path)  # a missing file: said before TensorFlow loads
+        from pipeline.models.model_io import load_keras
+
+        keras_model = load_keras(path)
+    except PipelineError as exc:  # missing or not a model: it names the file and what to do
+        raise PipelineError(f"--model {exc}") from None
     if len(keras_model.input_shape) != 4:
         raise PipelineError(
             f"--model {path} takes conv-base features, not photos (a features-<base> head); "
@@ -111,8 +124,7 @@ def _load_registered(uri: str):
 
     store_uri = store.tracking_uri()
     missing = f"--model {uri}: not found in the MLflow store {store_uri}"
-    # A store that does not exist yet: say so, rather than create an empty one here.
-    if store_uri.startswith("sqlite:///") and not Path(store_uri[10:]).is_file():
+    if store.missing_store_file(store_uri):  # say so, rather than create an empty store
         raise PipelineError(f"{missing}; run `dvc repro` to train and register the models")
     mlflow.set_tracking_uri(store_uri)
     try:

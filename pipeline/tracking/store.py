@@ -49,6 +49,15 @@ def check_reachable(uri: str) -> None:
             raise PipelineError(f"MLFLOW_TRACKING_URI={uri}: {folder} is not writable")
 
 
+def missing_store_file(uri: str) -> Path | None:
+    """The file of a sqlite store that does not exist (MLflow would create an empty one on
+    first use); None for a store that exists or is not a sqlite file."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        return None if path.is_file() else path
+    return None
+
+
 def connect() -> str:
     """Point MLflow at the store and experiment; return the URI. Call before training."""
     import mlflow

@@ -11,7 +11,6 @@ import numpy as np
 
 from pipeline.core import catalog, paths
 from pipeline.core.catalog import base_settings
-from pipeline.core.errors import PipelineError
 from pipeline.core.files import atomic_dir
 from pipeline.core.params import Params
 from pipeline.data.prepare import load_prepared
@@ -100,18 +99,16 @@ def frozen_aug(params: Params, base: str) -> dict:
 
 def finetune(params: Params, base: str) -> dict:
     """Listing 5.22-5.23: continue from frozen_aug with the top of the base unfrozen."""
-    import keras
-
+    from pipeline.models.model_io import check_keras_file, load_keras
     from pipeline.models.pretrained import unfreeze_from
 
     model = catalog.trained_model(params, "finetune", base)
     source = catalog.trained_model(params, "frozen_aug", base)
-    if not source.model_file.is_file():
-        raise PipelineError(f"{source.model_file} not found; run `dvc repro {source.stage}` first")
+    check_keras_file(source.model_file)  # missing or truncated: before any data is read
     first_unfrozen = base_settings(params, base).finetune_from
 
     def build_model():
-        network = keras.models.load_model(source.model_file)
+        network = load_keras(source.model_file, compile=True)
         unfreeze_from(network, base, first_unfrozen)
         return network
 

@@ -26,6 +26,7 @@ from pipeline.core.files import atomic_dir
 from pipeline.core.params import Params, VisualizeParams
 from pipeline.data import CLASSES
 from pipeline.data.prepare import load_prepared
+from pipeline.models.model_io import load_keras
 from pipeline.serving.inference import predicted_labels
 from pipeline.visualize import figures, filters
 from pipeline.visualize.activations import activations
@@ -38,10 +39,7 @@ def load_model(params: Params, target: TrainedModel) -> tuple[keras.Model, keras
     """(the saved model, a model from raw pixels to P(dog)). They are the same model except
     for features-<base>, a dense head on cached features: its pixel model is the conv base
     (from models/bases/, as extract@<base> ran it) followed by the head."""
-    path = target.model_file
-    if not path.is_file():
-        raise PipelineError(f"{path} not found; run `dvc repro {target.stage}` first")
-    saved = keras.models.load_model(path, compile=False)
+    saved = load_keras(target.model_file)
     if target.kind.name != "features":
         return saved, saved
     from pipeline.models.pretrained import head_on_pixels
