@@ -22,14 +22,14 @@ import pytest
 import yaml
 from mlflow.exceptions import MlflowException
 from PIL import Image
-from projects import ROOT
-from synthetic import write_archive
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import DataParams, TransferParams, load_params
 from pipeline.data import images
 from pipeline.data.download import download
 from pipeline.data.fetch import fetch_archive
+from tests.helpers.project import ROOT
+from tests.helpers.synthetic import write_archive
 
 # --- damaged models -------------------------------------------------------------------
 
