@@ -42,6 +42,15 @@ def stage(func):
 
 
 @stage
+def check() -> None:
+    """Not a stage: validate params.yaml, every section, as each stage does before any work.
+    `dvc repro` removes a changed stage's outputs before its command can say that a param is
+    wrong (`dvc checkout` brings them back): `python -m pipeline check && dvc repro` does not."""
+    load_params()
+    print("params.yaml: valid")
+
+
+@stage
 def download() -> None:
     """Fetch data.source, verify every image, write data/images/ and reports/download.json."""
     from pipeline.data.download import download

@@ -406,3 +406,19 @@ def test_compare_refuses_a_store_that_does_not_exist(tmp_path, monkeypatch):
     with pytest.raises(PipelineError, match=f"the MLflow store sqlite:///{store} does not exist"):
         run_compare(Selection())
     assert not store.exists()
+
+
+def test_check_validates_params_before_dvc_removes_anything(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    assert CliRunner().invoke(app, ["check"]).output == "params.yaml: valid\n"
+    raw = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    raw["split"]["trian"] = 5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["check"])
+    assert result.exit_code == 1
+    assert "unknown key 'split.trian': did you mean 'train'?" in result.output

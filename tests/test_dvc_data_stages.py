@@ -24,6 +24,8 @@ def test_dvc_repro_data_stages(tmp_path):
     assert report["classes"]["cat"]["valid"] == 24
     assert (project / "data/prepared/48px/train.npz").is_file()
 
+    # How the archive travels (data.transfer) is not a param of the download stage.
+    update_params(project, {"data": {"transfer": {"attempts": 2, "timeout_seconds": 5}}})
     second = run(["dvc", "repro", *targets], project)
     assert ran_stages(second.stdout) == []
 

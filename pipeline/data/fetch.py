@@ -99,7 +99,8 @@ def _download(url: str, cache_dir: Path, transfer: TransferParams, backoff_secon
                 )
                 time.sleep(wait)
     raise PipelineError(
-        f"data.source: cannot download {url} after {attempts} attempts ({last_error}); "
+        f"data.source: cannot download {url} after {attempts} attempt"
+        f"{'s' if attempts > 1 else ''} ({last_error}); "
         "check the URL and network, or set data.source to a local archive"
     )
 

@@ -57,7 +57,10 @@ def predict_files(files: list[Path], classifier, csv_file: Path | None, batch_si
         _write_csv(results, csv_file)
     failed = sum(1 for r in results if r.error)
     if failed:
-        print(f"error: {failed} of {len(results)} files are not readable images", file=sys.stderr)
+        print(
+            f"error: {failed} of {len(results)} files could not be read (each has its error line)",
+            file=sys.stderr,
+        )
     return failed
 
 
