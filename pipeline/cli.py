@@ -101,7 +101,10 @@ def train(model: str = ModelName, base: str = BaseOption) -> None:
     # follows the same name to check that dvc.yaml declares all the code it runs).
     module, function = trained.kind.trained_by.split(":")
     stage_function = getattr(importlib.import_module(module), function)
-    stage_function(params, base) if trained.base else stage_function(params)
+    if trained.base:
+        stage_function(params, base)
+    else:
+        stage_function(params)
 
 
 @stage
