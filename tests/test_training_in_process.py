@@ -230,7 +230,7 @@ def test_predict_a_saved_model_on_photos_and_a_broken_file(trained, tmp_path, ca
     truth = good["file"].map(lambda f: "cat" if Path(f).name.startswith("cat") else "dog")
     assert (good["label"] == truth).mean() >= 0.75
     assert "broken.jpg" in answers.loc[answers["error"].notna(), "file"].iloc[0]
-    assert "1 of 9 files are not readable images" in capsys.readouterr().err
+    assert "1 of 9 files could not be read" in capsys.readouterr().err
 
 
 def test_report_table_on_hand_made_metrics(tmp_path):
