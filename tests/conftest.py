@@ -34,7 +34,8 @@ def archive_server(tmp_path):
     directory = tmp_path / "served"
     directory.mkdir()
     server = ArchiveServer(directory)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # poll_interval: shutdown() waits up to one interval (0.5 s by default, per test)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield server
     server.shutdown()
@@ -61,3 +62,22 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--reverse"):
         items.reverse()
+    for item in items:
+        if group := _shared_fixture_group(item):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _shared_fixture_group(item) -> str | None:
+    """Under `pytest -n 2 --dist loadgroup` (README: tests), tests that share an expensive
+    fixture run on one worker, so it is built once: the trained project (session) on one
+    worker, a module's own trained model on one worker, and the rest spread over both."""
+    scopes = {
+        fixturedef.scope
+        for fixturedefs in item._fixtureinfo.name2fixturedefs.values()
+        for fixturedef in fixturedefs
+    }
+    if "trained_project" in item.fixturenames:
+        return "trained_project"
+    if "module" in scopes:
+        return item.module.__name__
+    return None

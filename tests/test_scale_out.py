@@ -3,9 +3,8 @@ remote (push, clone, pull), a parallel experiment sweep through the DVC queue, a
 whose output directory cannot be written.
 
 One tiny project (synthetic images, 2 epochs, VGG16 with random weights) whose data stages
-and `baseline` run once, in the module fixture. The tests run in file order: the remote and
-the sweep need the workspace to match dvc.lock; the tracking-server test retrains `baseline`
-outside DVC and the unwritable-output test forces it to rerun.
+and `baseline` run once, in the module fixture; each test works on a copy of its own, so
+none depends on another having run (or not run) before it.
 """
 
 from __future__ import annotations
@@ -24,7 +23,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers.project import ONLY_VGG16, merge_patch, ran_stages, run, tiny_project
+from tests.helpers.project import (
+    ONLY_VGG16,
+    copy_project,
+    merge_patch,
+    ran_stages,
+    run,
+    tiny_project,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +116,7 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, mlflow_server):
+def reproduced(tmp_path_factory, mlflow_server):
     # mlflow_server is requested here only so that its slow start-up overlaps the data stages.
     root = tmp_path_factory.mktemp("scale-out")
     models = ("baseline", "augmented", "features", "frozen_aug", "finetune")
@@ -124,6 +130,12 @@ def project(tmp_path_factory, mlflow_server):
     result = run(["dvc", "repro", "baseline"], project)
     assert ran_stages(result.stdout) == ["download", "split", "prepare@48", "baseline"]
     return project
+
+
+@pytest.fixture
+def project(reproduced, tmp_path) -> Path:
+    """The reproduced project, copied for this test (seconds; `cp -a` keeps DVC's times)."""
+    return copy_project(reproduced, tmp_path / "project")
 
 
 def commit(project: Path, message: str) -> None:
@@ -197,6 +209,8 @@ def test_dvc_remote_push_then_clone_and_pull(project, tmp_path):
 
 
 def test_queued_sweep_runs_in_parallel_into_one_mlflow_store(project):
+    from mlflow.tracking import MlflowClient
+
     commit(project, "before the sweep")
     before = {r.info.run_id for r in local_runs(project)}
     names = []
@@ -230,7 +244,12 @@ def test_queued_sweep_runs_in_parallel_into_one_mlflow_store(project):
         first.info.start_time < second.info.end_time
         and second.info.start_time < first.info.end_time
     )
-    assert all(r.info.artifact_uri.startswith((project / "mlartifacts").as_uri()) for r in new)
+    # In the user's store (its experiment's artifact location; in a copy of the project,
+    # the original's folder), not in the queue's temporary copies of the workspace.
+    store = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    location = store.get_experiment_by_name(EXPERIMENT).artifact_location
+    assert all(r.info.artifact_uri.startswith(location) for r in new)
+    assert not any(".dvc/tmp" in r.info.artifact_uri for r in new)
     assert not list((project / ".dvc/tmp").rglob("mlflow.db"))  # not in the queue's copies
 
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
