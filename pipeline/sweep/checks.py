@@ -72,9 +72,9 @@ def git_remote_url(root: Path, remote: str) -> str:
 
 def commit_is_pushed(root: Path, remote: str) -> str:
     """The sweep's commit (HEAD): committed, and on some branch or tag of `remote`."""
-    dirty = _git(root, "status", "--porcelain", "--untracked-files=no").stdout.strip()
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no").stdout.splitlines()
     if dirty:
-        changed = ", ".join(line[3:] for line in dirty.splitlines()[:3])
+        changed = ", ".join(line[3:] for line in dirty[:3])
         raise PipelineError(
             f"uncommitted changes ({changed}): workers clone the commit, not this work tree; "
             "commit and push them first"
