@@ -9,6 +9,7 @@ sweep runs it again.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 from pipeline.core.errors import PipelineError
@@ -17,6 +18,9 @@ from pipeline.sweep import task
 
 
 def _import_ray():
+    # Under `uv run`, Ray would ship this working directory to every worker and start them
+    # with `uv run` there: the project travels by git clone, the environment is the cluster's.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         import ray
     except ImportError:
