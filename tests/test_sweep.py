@@ -438,7 +438,7 @@ def test_sweep_on_a_real_ray_cluster_survives_a_killed_task(tmp_path, ray_head):
 
         # The user's clone: the experiments come from the git remote, outputs from DVC's.
         clone = tmp_path / "clone"
-        run(["git", "clone", "-q", str(bare), str(clone)], tmp_path)
+        run(["git", "clone", "-q", "-b", "main", str(bare), str(clone)], tmp_path)
         names = sorted(set(re.findall(r"sweep-\w+-baseline-s[12]", again.stdout)))
         run(["dvc", "exp", "pull", "origin", *names], clone)
         shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], clone).stdout
