@@ -212,5 +212,37 @@ def compare(
     run_compare(selection, "".join(" " + shlex.quote(a) for a in sys.argv[2:]))
 
 
+@stage
+def sweep(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A model (repeatable): baseline, features-vgg16, ...; default: every one."
+        ),
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="Seeds: 1-5, 1,3,7 or 1-3,9.")] = "1-3",
+    set_param: Annotated[
+        list[str] | None,
+        typer.Option("--set-param", "-S", help="key=value for every experiment (repeatable)."),
+    ] = None,
+    on: Annotated[
+        str,
+        typer.Option(help="local (the DVC queue), ray://HOST:PORT, or auto (RAY_ADDRESS)."),
+    ] = "local",
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", "-j", min=1, help="--on local: at once; default sweep.jobs."),
+    ] = None,
+    git_remote: Annotated[
+        str, typer.Option(help="--on ray: the git remote workers clone and push to.")
+    ] = "origin",
+) -> None:
+    """Not a stage: one DVC experiment per (model, seed), here or on a Ray cluster; skips the
+    finished ones, reruns the failed ones, then prints the compare table."""
+    from pipeline.sweep.run import sweep as run_sweep
+
+    run_sweep(model or [], seeds, set_param or [], on, jobs, git_remote)
+
+
 def main() -> None:
     app()

@@ -222,6 +222,15 @@ class VisualizeParams(Section):
     filters: FilterPatternParams
 
 
+class SweepParams(Section):
+    """`python -m pipeline sweep` (pipeline/sweep/); not read by any stage, so not in dvc.yaml."""
+
+    jobs: PositiveInt = 1  # --on local: experiments at once (dvc queue start -j)
+    # --on ray: what each task (one training) asks Ray for
+    cpus_per_task: Annotated[Number, Field(gt=0)] = 1.0
+    gpus_per_task: Annotated[Number, Field(ge=0)] = 0.0
+
+
 class Params(Section):
     data: DataParams
     split: SplitParams
@@ -231,6 +240,7 @@ class Params(Section):
     pretrained: PretrainedParams
     registry: RegistryParams = RegistryParams()
     visualize: VisualizeParams
+    sweep: SweepParams = SweepParams()
 
     @model_validator(mode="after")
     def _sizes_are_prepared(self) -> Params:

@@ -1,0 +1,103 @@
+"""The sweep on this machine: DVC's own queue. Each experiment is `dvc exp run --queue`d
+under its sweep name, then `dvc queue start -j N` runs N at a time, each in a temporary
+copy of the workspace (the MLflow store stays the project's: pipeline/tracking/store.py).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pipeline.sweep.plan import Experiment
+
+POLL_S = 10.0  # between `dvc queue status` calls: each costs a second of CPU the trainings need
+LOG_TAIL_LINES = 25
+
+
+def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    dvc = str(Path(sys.executable).parent / "dvc")
+    result = subprocess.run([dvc, *args], cwd=root, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        from pipeline.core.errors import PipelineError
+
+        message = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        raise PipelineError(f"dvc {' '.join(args[:3])}: {message[-1] if message else 'failed'}")
+    return result
+
+
+def existing_experiments(root: Path) -> set[str]:
+    """Names of the experiments in this repository (git refs under refs/exps)."""
+    from pipeline.sweep.plan import exp_name_of_ref
+
+    refs = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {exp_name_of_ref(ref) for ref in refs.split() if not ref.startswith("refs/exps/celery")}
+
+
+def queue_states(root: Path) -> dict[str, str]:
+    """{experiment name: Queued | Running | Success | Failed | ...} from `dvc queue status`."""
+    states = {}
+    for line in _dvc(root, "queue", "status", check=False).stdout.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[-1] in ("Queued", "Running", "Success", "Failed"):
+            states[words[1]] = words[-1]
+    return states
+
+
+def run_queue(
+    root: Path, experiments: list[Experiment], jobs: int, on_start: Callable[[], None] = None
+) -> Iterator[dict]:
+    """Queue every experiment, start `jobs` workers, yield each result as it ends."""
+    stale = queue_states(root)
+    present = existing_experiments(root)
+    for experiment in experiments:
+        # A failed queue entry or an experiment without a finished run: replaced.
+        if experiment.name in stale:
+            _dvc(root, "queue", "remove", experiment.name, check=False)
+        if experiment.name in present:
+            _dvc(root, "exp", "remove", experiment.name, check=False)
+        _dvc(
+            root,
+            "exp", "run", "--queue", "--name", experiment.name,
+            *experiment.set_params(), experiment.stage,
+        )  # fmt: skip
+    started = time.monotonic()
+    _dvc(root, "queue", "start", "-j", str(jobs))
+    if on_start:
+        on_start()
+    pending = {experiment.name for experiment in experiments}
+    while pending:  # ends when DVC reports every experiment finished, one way or the other
+        time.sleep(POLL_S)
+        states = queue_states(root)
+        for name in sorted(pending):
+            state = states.get(name)
+            if state in ("Queued", "Running"):
+                continue
+            pending.discard(name)
+            seconds = {"run": round(time.monotonic() - started, 2)}  # since the queue started
+            ok = state == "Success"
+            tail = "" if ok else _log_tail(root, name, state)
+            yield {
+                "name": name,
+                "ok": ok,
+                "failed_step": "" if ok else "run",
+                "seconds": seconds,
+                "log_tail": tail,
+                "host": "local",
+            }
+
+
+def _log_tail(root: Path, name: str, state: str | None) -> str:
+    logs = _dvc(root, "queue", "logs", name, check=False)
+    lines = (logs.stdout + logs.stderr).strip().splitlines()
+    if state is None:
+        lines.append("(no longer in `dvc queue status`)")
+    return "\n".join(re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines[-LOG_TAIL_LINES:])

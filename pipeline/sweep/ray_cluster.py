@@ -1,0 +1,66 @@
+"""The sweep on an existing Ray cluster: one Ray task per experiment. The only module of the
+pipeline that imports ray (the `ray` dependency group), so no stage pays for it.
+
+Ray schedules: each task asks for the CPUs and GPUs of params.yaml `sweep` and runs
+task.run_experiment on whichever worker has them. Tasks are not retried by Ray
+(max_retries=0): a task whose worker died is reported failed, and the next run of the
+sweep runs it again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import SweepParams
+from pipeline.sweep import task
+
+
+def _import_ray():
+    # Under `uv run`, Ray would ship this working directory to every worker and start them
+    # with `uv run` there: the project travels by git clone, the environment is the cluster's.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    try:
+        import ray
+    except ImportError:
+        raise PipelineError(
+            "--on ray: Ray is not installed; `uv sync --locked --group ray` (README: seed sweeps)"
+        ) from None
+    return ray
+
+
+def run_tasks(
+    address: str, jobs: list[dict], resources: SweepParams, on_start: Callable[[], None] = None
+) -> Iterator[dict]:
+    """Submit every job, yield each result as it finishes (in finishing order)."""
+    ray = _import_ray()
+    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    try:
+        # Sent by value: a worker needs no copy of this repository to run it.
+        ray.cloudpickle.register_pickle_by_value(task)
+        remote = ray.remote(task.run_experiment).options(
+            num_cpus=resources.cpus_per_task,
+            num_gpus=resources.gpus_per_task,
+            max_retries=0,
+        )
+        pending = {remote.remote(job): job for job in jobs}
+        if on_start:
+            on_start()
+        while pending:  # one wait per task: the loop ends after len(jobs) rounds
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready)
+            try:
+                yield ray.get(ready)
+            except ray.exceptions.RayError as exc:  # the worker died, or Ray lost the task
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                yield {
+                    "name": job["name"],
+                    "ok": False,
+                    "failed_step": "ray",
+                    "seconds": {},
+                    "log_tail": f"{type(exc).__name__}: {first}",
+                    "host": "?",
+                }
+    finally:
+        ray.shutdown()

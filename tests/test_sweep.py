@@ -1,0 +1,455 @@
+"""`python -m pipeline sweep` (pipeline/sweep/).
+
+Fast, in this process: the seeds, the plan and what counts as done, and every refusal of a
+bad Ray setup, on tiny git repos. Slow, with real processes, all on 127.0.0.1: a real Ray
+cluster (`ray start --head`), a bare git repo as the remote, a local-directory DVC remote and
+an `mlflow server`; a 2-seed sweep of a 1-epoch baseline with one task killed mid-way, the
+sweep run again (it skips the finished one, reruns the killed one), then `dvc exp pull` and
+`compare` in a fresh clone of the user. Every Ray process must listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.core.errors import PipelineError
+from pipeline.sweep import checks, plan
+from tests.helpers.project import ROOT, command_env, make_project, run
+
+# --- fast: the plan --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seeds"),
+    [("1-5", [1, 2, 3, 4, 5]), ("1,3", [1, 3]), ("1-3,7", [1, 2, 3, 7]), ("3, 1,3", [1, 3])],
+)
+def test_seeds_are_ranges_and_lists(text, seeds):
+    assert plan.parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("5-1", "runs backwards"), ("1-", "not a seed or a range"), ("a", "not a seed"), ("", "")],
+)
+def test_bad_seeds_are_refused(text, message):
+    with pytest.raises(PipelineError, match=f"--seeds {text}: .*{message}"):
+        plan.parse_seeds(text)
+
+
+def test_overrides_are_key_value_and_never_the_seed():
+    assert plan.parse_overrides(["train.baseline.epochs=2"]) == ("train.baseline.epochs=2",)
+    with pytest.raises(PipelineError, match="expected key=value"):
+        plan.parse_overrides(["train.baseline.epochs"])
+    with pytest.raises(PipelineError, match="use --seeds"):
+        plan.parse_overrides(["train.seed=3"])
+
+
+@pytest.fixture(scope="module")
+def params():
+    from pipeline.core.params import load_params
+
+    return load_params(ROOT / "params.yaml"), yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_plan_is_one_experiment_per_model_and_seed(params):
+    typed, raw = params
+    every = plan.plan(typed, raw, [], [1, 2], ())
+    assert len(every) == 2 * 8  # 2 scratch models + 3 pretrained ones on 2 bases
+    assert every[0].stage == "baseline" and every[0].seed == 1
+    chosen = plan.plan(
+        typed, raw, ["features-efficientnet_lite0"], [4], ("train.features.epochs=5",)
+    )
+    (experiment,) = chosen
+    assert experiment.stage == "features@efficientnet_lite0"
+    assert re.fullmatch(r"sweep-[0-9a-f]{8}-features-efficientnet_lite0-s4", experiment.name)
+    assert experiment.set_params() == ["-S", "train.seed=4", "-S", "train.features.epochs=5"]
+    with pytest.raises(PipelineError, match="--model nope: unknown model; one of baseline"):
+        plan.plan(typed, raw, ["nope"], [1], ())
+
+
+def test_config_names_what_is_trained_not_how_the_sweep_runs(params):
+    _, raw = params
+    digest = plan.config_digest(raw, ())
+    assert plan.config_digest({**raw, "sweep": {"jobs": 4}}, ()) == digest
+    assert plan.config_digest(raw, ("train.baseline.epochs=2",)) != digest
+    changed = {**raw, "train": {**raw["train"], "seed": 7}}
+    assert plan.config_digest(changed, ()) != digest
+
+
+def test_done_needs_both_the_experiment_and_a_finished_run(params):
+    typed, raw = params
+    one, two, three = plan.plan(typed, raw, ["baseline"], [1, 2, 3], ())
+    exps = {one.name, two.name}  # three: never ran
+    finished = {one.name, three.name}  # two: its run was killed
+    done, todo = plan.split_done([one, two, three], exps, finished)
+    assert done == [one] and todo == [two, three]
+    assert plan.exp_name_of_ref(f"refs/exps/ab/cdef0123/{one.name}") == one.name
+
+
+# --- fast: refusals before any work ----------------------------------------------------
+
+
+def git(cwd: Path, *args: str) -> str:
+    return run(["git", *args], cwd).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A committed git repo with DVC initialised, no remotes."""
+    from dvc.repo import Repo
+
+    path = tmp_path / "repo"
+    path.mkdir()
+    git(path, "init", "-q")
+    Repo.init(str(path)).close()
+    (path / "params.yaml").write_text("train: {seed: 1}\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-qm", "init")
+    return path
+
+
+def set_dvc_remote(repo: Path, url: str | None) -> None:
+    """`dvc remote add -d store URL` (None: `dvc remote default --unset`), in this process."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc, dvc.config.edit() as config:
+        if url:
+            config["remote"]["store"] = {"url": url}
+            config["core"]["remote"] = "store"
+        else:
+            del config["core"]["remote"]
+
+
+@pytest.fixture
+def pushed(repo, tmp_path) -> Path:
+    """`repo` with a bare git remote `origin` that has its commit, and a DVC remote."""
+    bare = tmp_path / "remote.git"
+    run(["git", "init", "-q", "--bare", str(bare)], tmp_path)
+    git(repo, "remote", "add", "origin", str(bare))
+    set_dvc_remote(repo, str(tmp_path / "dvc"))
+    git(repo, "commit", "-qam", "DVC remote")
+    git(repo, "push", "-q", "origin", "HEAD:refs/heads/main")
+    return repo
+
+
+@pytest.fixture
+def listening():
+    """A TCP port on 127.0.0.1 that accepts connections (a stand-in for a Ray head)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield f"ray://127.0.0.1:{server.getsockname()[1]}"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens once closed
+
+
+SERVER = "http://127.0.0.1:5000"
+
+
+def test_a_good_ray_setup_passes(pushed, listening):
+    address, url = checks.refuse_bad_ray_setup(pushed, listening, SERVER, "origin")
+    assert address == listening and url.endswith("remote.git")
+
+
+def test_a_local_tracking_store_is_refused_for_a_cluster(pushed, listening, tmp_path):
+    for uri in (f"sqlite:///{tmp_path}/mlflow.db", "./mlruns"):
+        with pytest.raises(PipelineError, match="a local store that Ray workers cannot write"):
+            checks.refuse_bad_ray_setup(pushed, listening, uri, "origin")
+
+
+def test_no_git_remote_is_refused(repo, listening):
+    with pytest.raises(PipelineError, match="git remote 'origin': not set"):
+        checks.refuse_bad_ray_setup(repo, listening, SERVER, "origin")
+
+
+def test_a_commit_not_pushed_or_uncommitted_changes_are_refused(pushed, listening):
+    (pushed / "params.yaml").write_text("train: {seed: 2}\n")
+    with pytest.raises(PipelineError, match=r"uncommitted changes \(params.yaml\)"):
+        checks.refuse_bad_ray_setup(pushed, listening, SERVER, "origin")
+    git(pushed, "commit", "-qam", "seed 2")
+    with pytest.raises(PipelineError, match="is not pushed to git remote 'origin'"):
+        checks.refuse_bad_ray_setup(pushed, listening, SERVER, "origin")
+    git(pushed, "push", "-q", "origin", "HEAD:refs/heads/main")
+    checks.refuse_bad_ray_setup(pushed, listening, SERVER, "origin")
+
+
+def test_no_dvc_remote_is_refused(pushed, listening):
+    set_dvc_remote(pushed, None)
+    git(pushed, "commit", "-qam", "no DVC remote")
+    git(pushed, "push", "-q", "origin", "HEAD:refs/heads/main")
+    with pytest.raises(PipelineError, match="no default DVC remote"):
+        checks.refuse_bad_ray_setup(pushed, listening, SERVER, "origin")
+
+
+def test_an_unreachable_ray_address_fails_fast(pushed, monkeypatch):
+    address = f"ray://127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match=f"Ray address {address}: unreachable"):
+        checks.refuse_bad_ray_setup(pushed, address, SERVER, "origin")
+    assert time.monotonic() - started < checks.CONNECT_TIMEOUT_S + 2
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(PipelineError, match="--on auto: RAY_ADDRESS is not set"):
+        checks.ray_address("auto")
+    for bad in ("ray.example:10001", "ray://host-without-port"):
+        with pytest.raises(PipelineError, match="expected"):
+            checks.refuse_bad_ray_setup(pushed, bad, SERVER, "origin")
+
+
+def test_the_cli_refuses_in_one_line_before_any_work(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    project = make_project(tmp_path / "project")
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project}/mlflow.db")
+    on = f"ray://127.0.0.1:{closed_port()}"
+    result = CliRunner().invoke(app, ["sweep", "--model", "baseline", "--seeds", "1-2", "--on", on])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: MLFLOW_TRACKING_URI=sqlite:")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (project / "mlflow.db").exists() and not list(project.glob(".dvc/tmp/exps/*"))
+
+
+def test_without_ray_installed_the_cluster_path_says_how_to_install(monkeypatch):
+    from pipeline.sweep import ray_cluster
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(PipelineError, match="uv sync --locked --group ray"):
+        ray_cluster._import_ray()
+
+
+def test_the_stages_never_import_ray():
+    """Only pipeline/sweep/ray_cluster.py names ray; the stages' modules never load it."""
+    naming = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "pipeline").rglob("*.py")
+        if re.search(r"^\s*(import ray|from ray\b)", path.read_text(), re.M)
+    ]
+    assert naming == ["pipeline/sweep/ray_cluster.py"]
+
+
+# --- slow: a real Ray cluster, git and DVC remotes, a tracking server ---------------------
+
+RAY = Path(sys.executable).parent / "ray"
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
+RAY_ENV = {  # keeps every Ray process on 127.0.0.1, and silent
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # else ray start resolves 127.0.0.1 away
+    # The head starts a client server per `ray://` connection; on a loaded 2-core machine its
+    # start can outlast Ray's 30 s default.
+    "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120",
+}
+TINY_SWEEP = {  # only `baseline`, 1 epoch, on 48 px images
+    "split": {"train": 16, "validation": 6, "test": 6},
+    "prepare": {"image_sizes": [48]},
+    "train": {"baseline": {"image_size": 48, "epochs": 1, "batch_size": 8}},
+    "pretrained": {"bases": {"vgg16": {"image_size": 48}, "efficientnet_lite0": None}},
+}
+
+
+def free_port() -> int:
+    return closed_port()
+
+
+class RayHead:
+    """`ray start --head` on 127.0.0.1 with its own temp dir (short: Ray's socket paths must
+    fit in 107 bytes), so its processes can be told apart from any other Ray's."""
+
+    def __init__(self):
+        self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+        self.client_port = free_port()
+        self.env = {**os.environ, **RAY_ENV}
+        self.process = subprocess.Popen(
+            [str(RAY), "start", "--head", "--node-ip-address=127.0.0.1",
+             f"--port={free_port()}", f"--ray-client-server-port={self.client_port}",
+             "--include-dashboard=false", "--num-cpus=2", "--disable-usage-stats",
+             f"--temp-dir={self.temp}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
+        )  # fmt: skip
+
+    @property
+    def address(self) -> str:
+        return f"ray://127.0.0.1:{self.client_port}"
+
+    def wait_started(self, timeout: float = 60) -> None:
+        try:
+            output, _ = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"ray start not done after {timeout} s")
+        assert self.process.returncode == 0, output
+
+    def processes(self) -> list:
+        """Every process of this cluster: those naming its temp dir, and their children."""
+        import psutil
+
+        found = {}
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if str(self.temp) in " ".join(proc.info["cmdline"] or ()):
+                    found[proc.pid] = proc
+                    found.update((c.pid, c) for c in proc.children(recursive=True))
+        return list(found.values())
+
+    def listening(self) -> list[tuple[str, str, int]]:
+        """(process name, address, port) of every listening TCP socket of the cluster."""
+        import psutil
+
+        pids = {proc.pid: proc for proc in self.processes()}
+        sockets = []
+        for conn in psutil.net_connections("inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    sockets.append((pids[conn.pid].name(), conn.laddr.ip, conn.laddr.port))
+        return sockets
+
+    def assert_loopback_only(self) -> None:
+        sockets = self.listening()
+        names = {name for name, _, _ in sockets}
+        assert {"gcs_server", "raylet"} <= names, sockets
+        outside = [s for s in sockets if s[1] not in LOOPBACK]
+        assert not outside, f"Ray processes listening beyond 127.0.0.1: {outside}"
+
+    def client_logs(self) -> str:
+        """The tails of the head's Ray client server logs, for a failure message."""
+        logs = sorted((self.temp / "session_latest/logs").glob("ray_client_server*.err"))
+        return "\n".join(f"--- {p.name}\n" + p.read_text()[-3000:] for p in logs)
+
+    def stop(self) -> None:
+        import psutil
+
+        procs = self.processes()  # ours, by pid; then Ray's own stop for anything left
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(procs, timeout=10)
+        subprocess.run([str(RAY), "stop", "--force"], env=self.env, capture_output=True, timeout=60)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def kill_when_training(seed: int, head: RayHead, sweep, timeout: float = 150) -> None:
+    """Kill the `dvc exp run` of `seed` and everything under it once its training process
+    runs: a task killed mid-way. Checks the cluster's sockets while it is busy."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sweep.poll() is not None:
+            out, err = sweep.communicate()
+            pytest.fail(
+                f"the sweep ended before seed {seed} trained:\n{out}\n{err}\n{head.client_logs()}"
+            )
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or ())
+            if "exp run" not in cmdline or f"train.seed={seed}" not in cmdline:
+                continue
+            with contextlib.suppress(psutil.Error):
+                tree = proc.children(recursive=True)
+                if any("pipeline train" in " ".join(c.cmdline()) for c in tree):
+                    head.assert_loopback_only()  # workers are up now
+                    for victim in [proc, *tree]:
+                        with contextlib.suppress(psutil.Error):
+                            victim.send_signal(signal.SIGKILL)
+                    return
+        time.sleep(0.3)
+    pytest.fail(f"no training of seed {seed} seen in {timeout} s")
+
+
+@pytest.fixture
+def ray_head():
+    head = RayHead()
+    try:
+        yield head
+    finally:
+        head.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None,
+    reason="Ray is not installed: uv sync --locked --group ray (README: seed sweeps)",
+)
+def test_sweep_on_a_real_ray_cluster_survives_a_killed_task(tmp_path, ray_head):
+    from tests.helpers.project import tiny_project
+    from tests.helpers.servers import MlflowServer
+
+    server = MlflowServer(tmp_path)  # starts while the project's data stages run
+    try:
+        project = tiny_project(tmp_path, TINY_SWEEP, per_class=30, size=48)
+        bare = tmp_path / "remote.git"
+        run(["git", "init", "-q", "--bare", str(bare)], tmp_path)
+        run(["dvc", "repro", "prepare@48"], project)
+        run(["dvc", "remote", "add", "-d", "store", str(tmp_path / "dvc-remote")], project)
+        git(project, "remote", "add", "origin", str(bare))
+        git(project, "add", "-A")
+        git(project, "commit", "-qm", "data stages; DVC remote")
+        git(project, "push", "-q", "origin", "HEAD:refs/heads/main")
+        run(["dvc", "push"], project)
+        ray_head.wait_started()
+        server.wait_healthy()
+        env = {"MLFLOW_TRACKING_URI": server.url, **RAY_ENV}
+        sweep = ["python", "-m", "pipeline", "sweep", "--model", "baseline", "--seeds", "1-2",
+                 "--on", ray_head.address]  # fmt: skip
+
+        first = subprocess.Popen(
+            sweep, cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=command_env(env),
+        )  # fmt: skip
+        try:
+            kill_when_training(2, ray_head, first)
+            out, err = first.communicate(timeout=240)
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert first.returncode == 1, out + err
+        assert re.search(r"^done +sweep-\w+-baseline-s1 \(baseline, seed 1\): clone", out, re.M)
+        failed = re.search(
+            r"^FAILED +sweep-\w+-baseline-s2: seed 2, stage baseline, step run", out, re.M
+        )
+        assert failed, out
+        assert "    | $ dvc exp run --name" in out  # the tail of its log
+        assert err.strip().splitlines()[-1].startswith("error: 1 of 2 experiments failed")
+        assert "| baseline | 1 | 1 |" in out  # compare over what finished
+        ray_head.assert_loopback_only()
+
+        again = run(sweep, project, env=env)
+        assert re.search(r"^skip +sweep-\w+-baseline-s1: finished", again.stdout, re.M)
+        assert re.search(r"^done +sweep-\w+-baseline-s2 ", again.stdout, re.M), again.stdout
+        assert "1 ran, 0 failed, 1 skipped" in again.stdout
+        assert "| baseline | 2 | 1, 2 |" in again.stdout
+
+        # The user's clone: the experiments come from the git remote, outputs from DVC's.
+        clone = tmp_path / "clone"
+        run(["git", "clone", "-q", "-b", "main", str(bare), str(clone)], tmp_path)
+        names = sorted(set(re.findall(r"sweep-\w+-baseline-s[12]", again.stdout)))
+        run(["dvc", "exp", "pull", "origin", *names], clone)
+        shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], clone).stdout
+        assert all(name in shown for name in names), shown
+        # `dvc exp pull` also fetched the experiments' outputs (the models) from the DVC remote.
+        assert [p for p in (clone / ".dvc/cache").rglob("*") if p.is_file()]
+        compared = run(
+            ["python", "-m", "pipeline", "compare", "--model", "baseline", "--filter",
+             f"tags.`dvc.exp_name` LIKE '{names[0].rsplit('-baseline', 1)[0]}-%'"],
+            clone, env=env,
+        ).stdout  # fmt: skip
+        assert "| baseline | 2 | 1, 2 |" in compared
+    finally:
+        server.stop()
