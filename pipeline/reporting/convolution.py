@@ -157,7 +157,8 @@ def markdown(models: dict, runs: pd.DataFrame, summary: pd.DataFrame, pairs: pd.
         for r in rows:
             shape = r.output[0] if len(r.output) == 1 else r.output
             field = f"{r.receptive_field}×{r.receptive_field}"
-            lines.append(f"| {r.kind} | {shape} | {r.params or ''} | {field} |")
+            params = f"{r.params:,}" if r.params else ""
+            lines.append(f"| {r.kind} | {shape} | {params} | {field} |")
         lines.append(f"| total | | {sum(r.params for r in rows):,} | |")
     return "\n".join(lines) + "\n"
 
