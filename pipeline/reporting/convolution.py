@@ -155,7 +155,7 @@ def markdown(models: dict, runs: pd.DataFrame, summary: pd.DataFrame, pairs: pd.
         lines.append("| --- | --- | --- | --- |")
         rows = layer_table(model)
         for r in rows:
-            shape = r.output[0] if len(r.output) == 1 else r.output
+            shape = f"{r.output[0]:,}" if len(r.output) == 1 else r.output
             field = f"{r.receptive_field}×{r.receptive_field}"
             params = f"{r.params:,}" if r.params else ""
             lines.append(f"| {r.kind} | {shape} | {params} | {field} |")
@@ -170,7 +170,8 @@ def _reduction_paragraph(means: pd.DataFrame) -> str:
     ours, book = error_reduction(dense, convnet), error_reduction(BOOK_DENSE, BOOK_CONVNET)
     return (
         f"**Dense network vs. the book's convnet ({BOOK})**: test error {1 - dense:.1%} → "
-        f"{1 - convnet:.1%}, **{ours:.0%} fewer errors** (relative); the book: "
+        f"{1 - convnet:.1%}, **{abs(ours):.0%} {'fewer' if ours >= 0 else 'more'} errors** "
+        "(relative); the book: "
         f'{1 - BOOK_DENSE:.1%} → {1 - BOOK_CONVNET:.1%}, "we decreased the error rate by '
         f'68%" ({book:.0%}), on all 60,000 training digits.'
     )
