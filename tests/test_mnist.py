@@ -213,6 +213,10 @@ def test_an_unreachable_url_fails_in_one_line(in_folder, archive_server):
 # --- a tiny training through train.run, and predict -------------------------------------
 
 
+def store_uri(root: Path) -> str:
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
 @pytest.fixture(scope="module")
 def trained_convnet(tmp_path_factory):
     """The book's convnet trained in this process on synthetic digits (3 epochs)."""
@@ -223,20 +227,20 @@ def trained_convnet(tmp_path_factory):
     sigterm = signal.getsignal(signal.SIGTERM)  # train.run makes SIGTERM a KeyboardInterrupt
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", store_uri(root))
         params = params_in(root, mnist_patch(write_mnist(root / "digits.npz", train=600)))
         mnist(params.mnist)
         try:
             metrics = mnist_convnet(params, "max", "valid", 1)
         finally:
             signal.signal(signal.SIGTERM, sigterm)
-    return root, metrics
+    return root, metrics, params
 
 
 def test_the_convnet_learns_ten_classes_through_the_one_training_routine(trained_convnet):
     import mlflow
 
-    root, metrics = trained_convnet
+    root, metrics, _ = trained_convnet
     assert metrics["test_accuracy"] >= 0.8  # chance is 0.1
     name = "mnist_convnet-max-valid-1"
     details = json.loads((root / f"mnist/reports/details/{name}.json").read_text())
@@ -245,7 +249,7 @@ def test_the_convnet_learns_ten_classes_through_the_one_training_routine(trained
     assert np.trace(confusion) / 100 == pytest.approx(metrics["test_accuracy"], abs=0.011)
     for path in (f"models/{name}.keras", f"reports/figures/{name}/confusion.png"):
         assert (root / "mnist" / path).is_file(), path
-    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    client = mlflow.MlflowClient(store_uri(root))
     experiment = client.get_experiment_by_name("dogs-vs-cats")
     (found,) = client.search_runs([experiment.experiment_id], f"run_name = '{name}'")
     assert found.data.params["mnist.convnet.downsampling"] == "max"
@@ -257,7 +261,7 @@ def test_predict_names_the_digit_of_an_image(trained_convnet, tmp_path, capsys):
     from pipeline.serving.predict import predict
     from tests.helpers.digits import digits
 
-    root, _ = trained_convnet
+    root, _, _ = trained_convnet
     images, labels = digits(10, 5)
     files = []
     for image, label in zip(images, labels, strict=True):
@@ -270,6 +274,31 @@ def test_predict_names_the_digit_of_an_image(trained_convnet, tmp_path, capsys):
     right = sum(Path(file).stem == f"digit-{label}" for file, label, _ in lines)
     assert right >= 8, lines
     assert (tmp_path / "out.csv").read_text().startswith("file,label,probability,error")
+
+
+def test_the_visualize_stage_draws_what_the_convnet_learns(trained_convnet, monkeypatch):
+    """mnist_visualize's function in this process (the slow test's repro stops before it):
+    one digit through every layer, filter patterns of every conv, logged to the run."""
+    import mlflow
+
+    from pipeline.visualize.digits import mnist_visualize
+
+    root, _, params = trained_convnet
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri(root))
+    filters = params.visualize.filters.model_copy(update={"count": 2, "steps": 2})
+    visualize = params.visualize.model_copy(update={"filters": filters})
+    mnist_visualize(params.model_copy(update={"visualize": visualize}))
+    figures = root / "mnist/reports/figures/mnist_convnet-max-valid-1/visualize"
+    assert len(list(figures.glob("activations/*.png"))) == 6  # the digit, 3 convs, 2 pools
+    assert len(list(figures.glob("filters/*.png"))) == 3
+    client = mlflow.MlflowClient(store_uri(root))
+    experiment = client.get_experiment_by_name("dogs-vs-cats")
+    (run_,) = client.search_runs(
+        [experiment.experiment_id], "run_name = 'mnist_convnet-max-valid-1'"
+    )
+    artifacts = {a.path for a in client.list_artifacts(run_.info.run_id, "visualize")}
+    assert artifacts == {"visualize/activations", "visualize/filters"}
 
 
 # --- the report, on hand-made metrics -----------------------------------------------------
@@ -319,28 +348,27 @@ def test_the_report_gives_mean_std_noise_and_the_error_reduction(tmp_path, monke
 
 @pytest.mark.slow
 def test_dvc_repro_runs_the_mnist_pipeline_and_then_nothing(tmp_path, monkeypatch):
-    """`dvc repro mnist/dvc.yaml` in a real project on synthetic digits: one seed, the dense
-    network and the book's convnet (each stage is a process: ~10 s of imports apiece)."""
+    """`dvc repro` of mnist/dvc.yaml up to its report, in a real project on synthetic digits:
+    one seed, the dense network and the book's convnet (each stage is a process, ~10 s of
+    imports apiece: mnist_visualize is tested in this process above)."""
     import mlflow
 
     from pipeline.serving.predict import load_classifier
 
-    source = write_mnist(tmp_path / "digits.npz")
-    patch = mnist_patch(source)
-    patch["visualize"] = {"filters": {"count": 2, "steps": 2}}
-    project = make_project(tmp_path / "project", patch)
-    first = run(["dvc", "repro", "mnist/dvc.yaml"], project)
+    source = write_mnist(tmp_path / "digits.npz", train=600)
+    project = make_project(tmp_path / "project", mnist_patch(source))
+    target = "mnist/dvc.yaml:convolution"
+    first = run(["dvc", "repro", target], project)
     stages = ["mnist", "mnist_dense@1", "mnist_convnet@max-valid-1", "convolution"]
-    stages = [f"mnist/dvc.yaml:{s}" for s in [*stages, "mnist_visualize"]]
-    assert sorted(ran_stages(first.stdout)) == sorted(stages)
+    assert sorted(ran_stages(first.stdout)) == sorted(f"mnist/dvc.yaml:{s}" for s in stages)
     for name in ("mnist_dense-1", "mnist_convnet-max-valid-1"):
         metrics = json.loads((project / f"mnist/reports/metrics/{name}.json").read_text())[name]
-        assert 0.5 <= metrics["test_accuracy"] <= 1, name
+        assert 0.3 <= metrics["test_accuracy"] <= 1, name  # chance is 0.1
     report = (project / "reports/convolution.md").read_text()
     assert "| max-valid | 93,322 |" in report and "`models:/mnist@champion`" in report
-    figures = project / "mnist/reports/figures/mnist_convnet-max-valid-1/visualize"
-    assert len(list(figures.glob("activations/*.png"))) == 6  # the digit, 3 convs, 2 pools
-    assert len(list(figures.glob("filters/*.png"))) == 3
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
+    listed = next(iter(shown.values()))["data"]
+    assert "mnist_dense-1" in listed["mnist/reports/metrics/mnist_dense-1.json"]["data"]
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
@@ -348,8 +376,8 @@ def test_dvc_repro_runs_the_mnist_pipeline_and_then_nothing(tmp_path, monkeypatc
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     assert {"mnist_dense-1", "mnist_convnet-max-valid-1", "convolution"} <= set(runs)
     convnet = runs["mnist_convnet-max-valid-1"]
-    artifacts = {a.path for a in client.list_artifacts(convnet.info.run_id, "visualize")}
-    assert artifacts == {"visualize/activations", "visualize/filters"}
+    artifacts = {a.path for a in client.list_artifacts(convnet.info.run_id, "figures")}
+    assert "figures/confusion.png" in artifacts
     assert client.get_model_version_by_alias("mnist", "champion")
 
     # The champion classifies a digit, from the registry (a pyfunc taking photos).
@@ -360,7 +388,7 @@ def test_dvc_repro_runs_the_mnist_pipeline_and_then_nothing(tmp_path, monkeypatc
     frame = scores(np.repeat(digit[..., None], 3, axis=-1))
     assert size == 28 and list(frame.columns) == ["label", "probability"]
 
-    second = run(["dvc", "repro", "mnist/dvc.yaml"], project)
+    second = run(["dvc", "repro", target], project)
     assert ran_stages(second.stdout) == []
     # The root pipeline is dogs vs. cats only: a plain `dvc repro` would run none of these.
     dry = ran_stages(run(["dvc", "repro", "--dry"], project).stdout)
