@@ -66,6 +66,20 @@ def test_the_mnist_stages_are_checked_and_import_no_conv_base():
         assert not [f for f in files if "efficientnet_lite0" in f or "bases" in f], stage
 
 
+def test_plain_dvc_repro_never_runs_the_mnist_pipeline():
+    """`dvc repro` reproduces dvc.yaml (its default target) and what its stages depend on:
+    no stage of mnist/dvc.yaml is connected to one of dvc.yaml's, either way."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        graph = repo.index.graph.to_undirected()
+        for stage in graph:
+            if stage.addressing.startswith("mnist/dvc.yaml:"):
+                linked = nx.node_connected_component(graph, stage)
+                assert all(s.addressing.startswith("mnist/") for s in linked), stage
+
+
 def test_the_closure_follows_lazy_imports_inside_functions(tmp_path):
     from tests.helpers.closure import follow
 

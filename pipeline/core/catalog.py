@@ -124,6 +124,12 @@ class TrainedModel:
         return f"{self.kind.name}@{item}" if item else self.kind.name
 
     @property
+    def group(self) -> str:
+        """What its seeds are draws of: the name, less an MNIST model's seed
+        (`mnist_convnet-max-valid`); MLflow tag `pipeline.model`, which compare groups by."""
+        return self.name.rsplit("-", 1)[0] if self.kind.task == "mnist" else self.name
+
+    @property
     def outputs(self) -> Path:
         """Where its files go: the project root, or mnist/ for the section 5.1 pipeline (whose
         outputs must not lie under the root pipeline's `models` and `reports/metrics` deps)."""

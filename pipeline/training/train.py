@@ -125,6 +125,7 @@ def run(job: Job) -> dict:
     checkpoints = resume.checkpoint_dir(job.name, [job.logged_params(), job.tags()])
     previous = resume.completed_epochs(checkpoints)
     tags = store.run_tags(job.stage, {**job.tags(), **runtime.describe(setup)})
+    tags["pipeline.model"] = job.model.group  # compare's groups
     if previous:
         tags["resumed_from_epoch"] = str(len(previous))
     with mlflow.start_run(run_name=job.name, tags=tags) as active:
