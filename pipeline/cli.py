@@ -145,6 +145,57 @@ def visualize(
 
 
 @stage
+def mnist() -> None:
+    """mnist/dvc.yaml: fetch mnist.data.source, check it, write mnist/data/digits.npz."""
+    from pipeline.data.mnist import mnist as fetch_digits
+
+    fetch_digits(catalog.mnist_settings(load_params()))
+
+
+Seed = typer.Argument(..., help="A seed of mnist.seeds.")
+
+
+@stage
+def mnist_dense(seed: int = Seed) -> None:
+    """mnist/dvc.yaml: train chapter 2's dense network on MNIST at one seed."""
+    from pipeline.training.mnist import mnist_dense as train_dense
+
+    params = load_params()
+    catalog.mnist_model(params, "mnist_dense", seed)  # a bad seed fails before TensorFlow
+    train_dense(params, seed)
+
+
+@stage
+def mnist_convnet(
+    downsampling: str = typer.Argument(..., help="max | average | strided | none"),
+    padding: str = typer.Argument(..., help="valid | same"),
+    seed: int = Seed,
+) -> None:
+    """mnist/dvc.yaml: train section 5.1's convnet on MNIST, one variant at one seed."""
+    from pipeline.training.mnist import mnist_convnet as train_convnet
+
+    params = load_params()
+    catalog.mnist_model(params, "mnist_convnet", seed, downsampling, padding)
+    train_convnet(params, downsampling, padding, seed)
+
+
+@stage
+def convolution() -> None:
+    """mnist/dvc.yaml: section 5.1 measured, reports/convolution.md and .png."""
+    from pipeline.reporting.convolution import convolution as write_report
+
+    write_report(load_params())
+
+
+@stage
+def mnist_visualize() -> None:
+    """mnist/dvc.yaml: activations and filter patterns of the convnet of mnist.visualize."""
+    from pipeline.visualize.digits import mnist_visualize as draw_figures
+
+    draw_figures(load_params())
+
+
+@stage
 def report() -> None:
     """Write reports/progression.md and .png from every model's metrics; log them to MLflow."""
     from pipeline.reporting.report import report

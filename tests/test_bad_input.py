@@ -123,8 +123,8 @@ def test_predict_model_is_a_local_file_unless_it_is_a_uri(tmp_path, monkeypatch,
     for missing in ("missing.h5", "missing.keras", str(tmp_path / "dir/model")):
         with pytest.raises(PipelineError, match=f"^--model {re.escape(missing)}: no such file"):
             predict.load_classifier(missing)
-    size, p_dog = predict.load_classifier(str(tiny_keras))
-    assert size == 32 and p_dog(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2,)
+    size, scores = predict.load_classifier(str(tiny_keras))
+    assert size == 32 and scores(np.zeros((2, 32, 32, 3), np.uint8))["p_dog"].shape == (2,)
     with pytest.raises(AssertionError, match="models:/dogs-vs-cats@champion was looked up"):
         predict.load_classifier("models:/dogs-vs-cats@champion")
 

@@ -19,12 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def project_stages(root: Path = ROOT) -> list:
-    """(name, command, deps) of every stage of the project at `root`, as DVC resolves them."""
+    """(name, command, deps) of every stage of the project at `root`, as DVC resolves them:
+    both pipelines, dvc.yaml's stages by name, mnist/dvc.yaml's as `mnist/dvc.yaml:<name>`
+    (they run from the root, wdir: .., so their deps are named from the root too)."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         return [
-            (stage.name, stage.cmd, [str(Path(d.def_path)) for d in stage.deps])
+            (stage.addressing, stage.cmd, [str(Path(d.def_path)) for d in stage.deps])
             for stage in repo.index.stages
         ]
 
@@ -53,6 +55,29 @@ def test_the_scratch_convnets_do_not_depend_on_the_conv_bases():
     for base in ("vgg16", "efficientnet_lite0"):
         files = closure_files(by_name[f"features@{base}"][0])
         assert "pipeline/models/efficientnet_lite0/lite0.py" in files  # bases.py imports it
+
+
+def test_the_mnist_stages_are_checked_and_import_no_conv_base():
+    by_name = {name: (cmd, deps) for name, cmd, deps in STAGES}
+    mnist = [name for name in by_name if name.startswith("mnist/dvc.yaml:")]
+    assert "mnist/dvc.yaml:mnist_convnet@max-valid-1" in mnist and len(mnist) >= 5
+    for stage in mnist:
+        files = closure_files(by_name[stage][0])
+        assert not [f for f in files if "efficientnet_lite0" in f or "bases" in f], stage
+
+
+def test_plain_dvc_repro_never_runs_the_mnist_pipeline():
+    """`dvc repro` reproduces dvc.yaml (its default target) and what its stages depend on:
+    no stage of mnist/dvc.yaml is connected to one of dvc.yaml's, either way."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        graph = repo.index.graph.to_undirected()
+        for stage in graph:
+            if stage.addressing.startswith("mnist/dvc.yaml:"):
+                linked = nx.node_connected_component(graph, stage)
+                assert all(s.addressing.startswith("mnist/") for s in linked), stage
 
 
 def test_the_closure_follows_lazy_imports_inside_functions(tmp_path):
@@ -118,14 +143,19 @@ def stale_stages(project: Path) -> set[str]:
 
     from tests.helpers.project import run
 
-    return set(json.loads(run(["dvc", "status", "--json"], project).stdout))
+    # dvc.yaml's stages: the trained project never ran mnist/dvc.yaml (a pipeline of its own).
+    return set(json.loads(run(["dvc", "status", "--json", "dvc.yaml"], project).stdout))
 
 
 @pytest.mark.slow
 def test_an_edit_to_a_module_makes_stale_exactly_the_stages_that_run_it(project_copy):
     project = project_copy
     assert stale_stages(project) == set()
-    holders = {stage: set(closure_files(cmd, project)) for stage, cmd, _ in project_stages(project)}
+    holders = {
+        stage: set(closure_files(cmd, project))
+        for stage, cmd, _ in project_stages(project)
+        if ":" not in stage  # dvc.yaml's own (stale_stages)
+    }
     for module in EDITED:
         path = project / module
         original = path.read_bytes()

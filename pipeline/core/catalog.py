@@ -18,6 +18,13 @@ from pipeline.core import paths
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import BaseParams, Params
 
+Task = Literal["dogs-vs-cats", "mnist"]
+# Class names in label order: the sigmoid's P(dog) is class 1; MNIST's softmax has ten.
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "dogs-vs-cats": ("cat", "dog"),
+    "mnist": tuple("0123456789"),
+}
+
 
 @dataclass(frozen=True)
 class ModelKind:
@@ -28,13 +35,18 @@ class ModelKind:
     reads: Literal["images", "features"]  # prepared images, or extract@<base>'s features
     book_accuracy: float  # Deep Learning with Python, 1st ed., ch. 5 (VGG16 where pretrained)
     book_measure: str  # what the book's number is
+    task: Task = "dogs-vs-cats"  # mnist: section 5.1, its own pipeline (mnist/dvc.yaml)
 
     @property
     def trained_by(self) -> str:
         """`module:function` of its training stage: the stage, its command and its function
         share the model's name (dvc.yaml `python -m pipeline train <name>`)."""
-        module = "pretrained" if self.pretrained else "scratch"
+        module = "mnist" if self.task == "mnist" else "pretrained" if self.pretrained else "scratch"
         return f"pipeline.training.{module}:{self.name}"
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return CLASS_NAMES[self.task]
 
 
 # In the book's order.
@@ -68,6 +80,23 @@ KINDS: dict[str, ModelKind] = {
         ),
     )
 }  # fmt: skip
+# Section 5.1 (mnist/dvc.yaml): one stage per seed, and per downsampling x padding for the convnet.
+MNIST_KINDS: dict[str, ModelKind] = {
+    kind.name: kind
+    for kind in (
+        ModelKind(
+            "mnist_dense", "chapter 2's dense network on MNIST (784-512-10)",
+            pretrained=False, augments=False, reads="images",
+            book_accuracy=0.978, book_measure='test, "97.8%"', task="mnist",
+        ),
+        ModelKind(
+            "mnist_convnet", "section 5.1's convnet on MNIST (listing 5.1-5.3)",
+            pretrained=False, augments=False, reads="images",
+            book_accuracy=0.993, book_measure='test, "99.3%"', task="mnist",
+        ),
+    )
+}  # fmt: skip
+MNIST_IMAGE_SIZE = 28
 SCRATCH_MODELS = tuple(name for name, kind in KINDS.items() if not kind.pretrained)
 PRETRAINED_MODELS = tuple(name for name, kind in KINDS.items() if kind.pretrained)
 
@@ -79,42 +108,67 @@ class TrainedModel:
     kind: ModelKind
     base: str | None
     image_size: int
+    # An MNIST model's stage item (`1`, `max-valid-1`): DVC names its stage `<kind>@<variant>`.
+    variant: str | None = None
 
     @property
     def name(self) -> str:
-        """Output stem and MLflow run name: `baseline`, `features-vgg16`."""
-        return f"{self.kind.name}-{self.base}" if self.base else self.kind.name
+        """Output stem and MLflow run name: `baseline`, `features-vgg16`, `mnist_dense-1`."""
+        item = self.base or self.variant
+        return f"{self.kind.name}-{item}" if item else self.kind.name
 
     @property
     def stage(self) -> str:
-        """The DVC stage that trains it: `baseline`, `features@vgg16`."""
-        return f"{self.kind.name}@{self.base}" if self.base else self.kind.name
+        """The DVC stage that trains it: `baseline`, `features@vgg16`, `mnist_dense@1`."""
+        item = self.base or self.variant
+        return f"{self.kind.name}@{item}" if item else self.kind.name
+
+    @property
+    def group(self) -> str:
+        """What its seeds are draws of: the name, less an MNIST model's seed
+        (`mnist_convnet-max-valid`); MLflow tag `pipeline.model`, which compare groups by."""
+        return self.name.rsplit("-", 1)[0] if self.kind.task == "mnist" else self.name
+
+    @property
+    def outputs(self) -> Path:
+        """Where its files go: the project root, or mnist/ for the section 5.1 pipeline (whose
+        outputs must not lie under the root pipeline's `models` and `reports/metrics` deps)."""
+        return paths.MNIST_DIR if self.kind.task == "mnist" else Path()
 
     @property
     def model_file(self) -> Path:
-        return paths.model_file(self.name)
+        return self.outputs / paths.model_file(self.name)
 
     @property
     def metrics_file(self) -> Path:
-        return paths.metrics_file(self.name)
+        return self.outputs / paths.metrics_file(self.name)
 
     @property
     def history_file(self) -> Path:
-        return paths.history_file(self.name)
+        return self.outputs / paths.history_file(self.name)
+
+    @property
+    def details_file(self) -> Path:
+        return self.outputs / paths.DETAILS_DIR / f"{self.name}.json"
+
+    @property
+    def timing_file(self) -> Path:
+        return self.outputs / paths.TIMING_DIR / f"{self.name}.json"
 
     @property
     def figures_dir(self) -> Path:
-        return paths.figures_dir(self.name)
+        return self.outputs / paths.figures_dir(self.name)
 
     @property
     def visualize_dir(self) -> Path:
-        return paths.figures_dir(self.name) / "visualize"
+        return self.figures_dir / "visualize"
 
 
 def kind_of(name: str) -> ModelKind:
-    if name not in KINDS:
-        raise PipelineError(f"unknown model {name!r}; one of {', '.join(KINDS)}")
-    return KINDS[name]
+    known = KINDS | MNIST_KINDS
+    if name not in known:
+        raise PipelineError(f"unknown model {name!r}; one of {', '.join(known)}")
+    return known[name]
 
 
 def base_settings(params: Params, base: str) -> BaseParams:
@@ -126,7 +180,9 @@ def base_settings(params: Params, base: str) -> BaseParams:
 
 def trained_model(params: Params, kind: str, base: str | None = None) -> TrainedModel:
     """`kind` (on `base`, for a pretrained one) as the current params train it."""
-    model_kind = kind_of(kind)
+    model_kind = KINDS.get(kind) or kind_of(kind)
+    if model_kind.task == "mnist":
+        raise PipelineError(f"{kind} is trained by mnist/dvc.yaml (`dvc repro mnist/dvc.yaml`)")
     if not model_kind.pretrained:
         if base is not None:
             raise PipelineError(f"{kind} is trained from scratch: it takes no --base")
@@ -142,6 +198,47 @@ def every_model(params: Params) -> list[TrainedModel]:
     for kind in KINDS.values():
         bases = list(params.pretrained.bases) if kind.pretrained else [None]
         models += [trained_model(params, kind.name, base) for base in bases]
+    return models
+
+
+def mnist_settings(params: Params):
+    if params.mnist is None:
+        raise PipelineError("params.yaml has no section mnist: add it (see the README, MNIST)")
+    return params.mnist
+
+
+def mnist_model(
+    params: Params, kind: str, seed: int, downsampling: str = "", padding: str = ""
+) -> TrainedModel:
+    """An MNIST model of mnist/dvc.yaml: `mnist_dense` at `seed`, or `mnist_convnet` with a
+    downsampling and padding of mnist.grid at `seed`."""
+    settings = mnist_settings(params)
+    if kind not in MNIST_KINDS:
+        raise PipelineError(f"unknown MNIST model {kind!r}; one of {', '.join(MNIST_KINDS)}")
+    if seed not in settings.seeds:
+        raise PipelineError(f"seed {seed} is not in mnist.seeds {settings.seeds}")
+    variant = str(seed)
+    if kind == "mnist_convnet":
+        grid = settings.grid
+        if downsampling not in grid.downsampling or padding not in grid.padding:
+            raise PipelineError(
+                f"{downsampling}-{padding} is not in mnist.grid (downsampling "
+                f"{grid.downsampling}, padding {grid.padding})"
+            )
+        variant = f"{downsampling}-{padding}-{seed}"
+    return TrainedModel(MNIST_KINDS[kind], None, MNIST_IMAGE_SIZE, variant)
+
+
+def every_mnist_model(params: Params) -> list[TrainedModel]:
+    """Every model mnist/dvc.yaml trains: the dense network, then the grid, seed by seed."""
+    settings = mnist_settings(params)
+    models = [mnist_model(params, "mnist_dense", seed) for seed in settings.seeds]
+    for downsampling in settings.grid.downsampling:
+        for padding in settings.grid.padding:
+            models += [
+                mnist_model(params, "mnist_convnet", seed, downsampling, padding)
+                for seed in settings.seeds
+            ]
     return models
 
 

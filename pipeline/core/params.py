@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -31,6 +31,9 @@ from pipeline.core.paths import PARAMS_FILE
 # 46 px is the smallest input that leaves a 1x1 map. VGG16's five pools need 32 px.
 MIN_SCRATCH_IMAGE_SIZE = 46
 MIN_BASE_IMAGE_SIZE = 32
+# What keras.datasets.mnist downloads (keras/src/datasets/mnist.py).
+MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
+MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 
 
 def _not_a_boolean(value):
@@ -230,6 +233,62 @@ class SweepParams(Section):
     cpus_per_task: Annotated[Number, Field(gt=0)] = 1.0
     gpus_per_task: Annotated[Number, Field(ge=0)] = 0.0
 
+class MnistDataParams(Section):
+    """Where the MNIST npz comes from (keras.datasets.mnist's file by default)."""
+
+    source: str = Field(default=MNIST_URL, min_length=1)  # a URL, a local path or file:// URL
+    sha256: Sha256 = MNIST_SHA256  # empty: not checked
+    transfer: TransferParams = TransferParams()
+
+
+class DenseParams(FitParams):
+    units: PositiveInt = 512  # chapter 2: Dense 512 relu, then Dense 10 softmax
+
+
+# How the section 5.1 convnet shrinks its maps (pipeline/models/mnist.py), and its padding.
+Downsampling = Literal["max", "average", "strided", "none"]
+Padding = Literal["valid", "same"]
+
+
+class MnistGridParams(Section):
+    """The section 5.1 experiment: every downsampling x padding, each over every seed."""
+
+    downsampling: list[Downsampling] = Field(min_length=1)
+    padding: list[Padding] = Field(min_length=1)
+
+
+class MnistVisualizeParams(Section):
+    """Which trained convnet the mnist_visualize stage draws (the book's, by default)."""
+
+    downsampling: Downsampling = "max"
+    padding: Padding = "valid"
+    seed: Int = 1
+
+
+class MnistParams(Section):
+    """mnist/dvc.yaml: the chapter's opening (section 5.1), a pipeline of its own."""
+
+    data: MnistDataParams = MnistDataParams()
+    validation: PositiveInt = 500  # training digits held out (seeded, per class) for validation
+    seeds: list[Int] = Field(min_length=1)
+    dense: DenseParams
+    convnet: FitParams
+    grid: MnistGridParams
+    visualize: MnistVisualizeParams = MnistVisualizeParams()
+    registry: RegistryParams = RegistryParams(model_name="mnist")
+
+    @model_validator(mode="after")
+    def _visualized_is_trained(self) -> MnistParams:
+        v = self.visualize
+        if v.downsampling not in self.grid.downsampling or v.padding not in self.grid.padding:
+            raise ValueError(
+                f"visualize: {v.downsampling}-{v.padding} is not in mnist.grid; "
+                "add it there or draw a variant the grid trains"
+            )
+        if v.seed not in self.seeds:
+            raise ValueError(f"visualize.seed: {v.seed} is not in mnist.seeds {self.seeds}")
+        return self
+
 
 class Params(Section):
     data: DataParams
@@ -241,6 +300,7 @@ class Params(Section):
     registry: RegistryParams = RegistryParams()
     visualize: VisualizeParams
     sweep: SweepParams = SweepParams()
+    mnist: MnistParams | None = None  # the section 5.1 pipeline (mnist/dvc.yaml)
 
     @model_validator(mode="after")
     def _sizes_are_prepared(self) -> Params:
@@ -282,8 +342,11 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     for part in loc:
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
+        # An optional section (`MnistParams | None`): the section's own class.
+        sections = [a for a in (annotation, *get_args(annotation)) if isinstance(a, type)]
+        sections = [a for a in sections if issubclass(a, BaseModel)]
+        if sections:
+            model = sections[0]
         elif part in KNOWN_BASES or model is PretrainedParams:
             model = BaseParams
         else:

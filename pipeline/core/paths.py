@@ -30,6 +30,13 @@ CHECKPOINTS_DIR = Path(".checkpoints")  # epoch backups for resuming; not a DVC 
 # report
 PROGRESSION_MD = Path("reports/progression.md")
 PROGRESSION_PNG = Path("reports/progression.png")
+# mnist/dvc.yaml (section 5.1): its stages run from the project root (wdir: ..) and keep their
+# files under mnist/, the same layout as above; its report is reports/convolution.*
+MNIST_DIR = Path("mnist")
+MNIST_DIGITS = MNIST_DIR / "data/digits.npz"  # train / validation / test, uint8 28 x 28 x 1
+MNIST_DATA_REPORT = MNIST_DIR / "reports/data.json"
+CONVOLUTION_MD = Path("reports/convolution.md")
+CONVOLUTION_PNG = Path("reports/convolution.png")
 
 
 def features_file(base: str, split: str) -> Path:

@@ -47,17 +47,19 @@ def fetch_archive(
     cache_dir: Path | None = None,
     transfer: TransferParams | None = None,
     backoff_seconds: float = 1.0,
+    key: str = "data",
 ) -> Path:
-    """Return a local path to the archive, downloading it first if `source` is a URL."""
+    """Return a local path to the archive, downloading it first if `source` is a URL.
+    `key`: the params section that names it, for the messages (`data`, `mnist.data`)."""
     if is_url(source):
         # One cache in the user's project: experiments in temporary copies reuse it too.
         cache_dir = cache_dir or project_root() / DOWNLOAD_CACHE
-        path = _download(source, cache_dir, transfer or TransferParams(), backoff_seconds)
+        path = _download(source, cache_dir, transfer or TransferParams(), backoff_seconds, key)
     else:
         path = local_path(source)
         if not path.is_file():
             raise PipelineError(
-                f"data.source: {path} does not exist; set data.source to an archive path or URL"
+                f"{key}.source: {path} does not exist; set {key}.source to an archive path or URL"
             )
     if sha256:
         actual = sha256_of(path)
@@ -65,8 +67,8 @@ def fetch_archive(
             if is_url(source):
                 path.unlink()  # a bad download must not be reused by the next run
             raise PipelineError(
-                f"data.sha256 mismatch for {source}: the archive has sha256 {actual}, "
-                f"params.yaml expects {sha256.lower()}; fix data.sha256 or data.source"
+                f"{key}.sha256 mismatch for {source}: the archive has sha256 {actual}, "
+                f"params.yaml expects {sha256.lower()}; fix {key}.sha256 or {key}.source"
             )
     return path
 
@@ -77,7 +79,9 @@ def _cache_path(url: str, cache_dir: Path) -> Path:
     return cache_dir / f"{key}-{name}"
 
 
-def _download(url: str, cache_dir: Path, transfer: TransferParams, backoff_seconds: float) -> Path:
+def _download(
+    url: str, cache_dir: Path, transfer: TransferParams, backoff_seconds: float, key: str
+) -> Path:
     target = _cache_path(url, cache_dir)
     if target.is_file():
         print(f"using cached download {target}")
@@ -87,7 +91,7 @@ def _download(url: str, cache_dir: Path, transfer: TransferParams, backoff_secon
     last_error, attempts = "", transfer.attempts
     for attempt in range(1, attempts + 1):
         try:
-            _stream_to(url, part, transfer)
+            _stream_to(url, part, transfer, key)
             part.replace(target)
             return target
         except _Transient as exc:
@@ -99,20 +103,20 @@ def _download(url: str, cache_dir: Path, transfer: TransferParams, backoff_secon
                 )
                 time.sleep(wait)
     raise PipelineError(
-        f"data.source: cannot download {url} after {attempts} attempt"
+        f"{key}.source: cannot download {url} after {attempts} attempt"
         f"{'s' if attempts > 1 else ''} ({last_error}); "
-        "check the URL and network, or set data.source to a local archive"
+        f"check the URL and network, or set {key}.source to a local archive"
     )
 
 
-def _stream_to(url: str, part: Path, transfer: TransferParams) -> None:
+def _stream_to(url: str, part: Path, transfer: TransferParams, key: str = "data") -> None:
     """One attempt: resume `part` if the server honours Range, else start it over."""
     have = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
         response = requests.get(url, headers=headers, stream=True, timeout=transfer.timeout_seconds)
     except requests.RequestException as exc:
-        raise _Transient(_reason(exc, transfer)) from exc
+        raise _Transient(_reason(exc, transfer, key)) from exc
     with response:
         if response.status_code == 416 and have:  # nothing left to fetch: .part was complete
             return
@@ -120,8 +124,8 @@ def _stream_to(url: str, part: Path, transfer: TransferParams) -> None:
             raise _Transient(f"HTTP {response.status_code}")
         if response.status_code >= 400:
             raise PipelineError(
-                f"data.source: HTTP {response.status_code} {response.reason} for {url}; "
-                "check the URL or set data.source to a local archive"
+                f"{key}.source: HTTP {response.status_code} {response.reason} for {url}; "
+                f"check the URL or set {key}.source to a local archive"
             )
         resumed = response.status_code == 206
         if not resumed:
@@ -132,15 +136,15 @@ def _stream_to(url: str, part: Path, transfer: TransferParams) -> None:
             open(part, "ab" if resumed else "wb") as f,
             tqdm(total=total, initial=have, unit="B", unit_scale=True, desc="download") as bar,
         ):
-            _copy_body(response, f, bar, transfer)
+            _copy_body(response, f, bar, transfer, key)
         if total is not None and part.stat().st_size != total:
             raise _Transient(f"transfer broken at {part.stat().st_size} of {total} bytes")
 
 
-def _copy_body(response, f, bar, transfer: TransferParams) -> None:
+def _copy_body(response, f, bar, transfer: TransferParams, key: str = "data") -> None:
     """Copy the body as it arrives (read1: whatever one read brings, so the clock is checked
     after every read, however slowly the bytes come), within the minimum rate."""
-    rate = _RateCheck(transfer)
+    rate = _RateCheck(transfer, key)
     try:
         while chunk := response.raw.read1(CHUNK, decode_content=True):
             f.write(chunk)
@@ -149,15 +153,15 @@ def _copy_body(response, f, bar, transfer: TransferParams) -> None:
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         if isinstance(exc, OSError) and exc.filename is not None:
             raise  # the disk, not the network: the CLI names the file
-        raise _Transient(f"transfer broken: {_reason(exc, transfer)}") from exc
+        raise _Transient(f"transfer broken: {_reason(exc, transfer, key)}") from exc
 
 
 class _RateCheck:
     """Fewer than min_bytes_per_second x timeout_seconds bytes in a window of timeout_seconds
     fails the attempt: a trickle that keeps each read under the timeout still ends."""
 
-    def __init__(self, transfer: TransferParams):
-        self.transfer = transfer
+    def __init__(self, transfer: TransferParams, key: str = "data"):
+        self.transfer, self.key = transfer, key
         self.window_start, self.window_bytes = time.monotonic(), 0
 
     def received(self, count: int) -> None:
@@ -168,18 +172,18 @@ class _RateCheck:
         minimum = self.transfer.min_bytes_per_second
         if self.window_bytes < minimum * elapsed:
             raise _Transient(
-                f"slower than data.transfer.min_bytes_per_second={minimum}: "
+                f"slower than {self.key}.transfer.min_bytes_per_second={minimum}: "
                 f"{self.window_bytes} bytes in {elapsed:.1f} s"
             )
         self.window_start, self.window_bytes = time.monotonic(), 0
 
 
-def _reason(exc: Exception, transfer: TransferParams) -> str:
+def _reason(exc: Exception, transfer: TransferParams, key: str = "data") -> str:
     """The exception's type, and for a timeout the param that set it."""
     timeouts = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
     if isinstance(exc, timeouts):
         return (
             f"{type(exc).__name__}: no answer within "
-            f"data.transfer.timeout_seconds={transfer.timeout_seconds:g} s"
+            f"{key}.transfer.timeout_seconds={transfer.timeout_seconds:g} s"
         )
     return type(exc).__name__

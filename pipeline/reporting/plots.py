@@ -38,11 +38,20 @@ def learning_curves(history: pd.DataFrame, title: str, out: Path) -> None:
 
 
 def confusion_matrix(matrix: np.ndarray, classes: tuple[str, ...], title: str, out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    scale = max(1.0, len(classes) / 4)  # ten digits need room
+    fig, ax = plt.subplots(figsize=(3.8 * scale, 3.4 * scale))
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):
         color = "white" if count > matrix.max() / 2 else "black"
-        ax.text(j, i, str(count), ha="center", va="center", color=color, fontsize=12)
+        ax.text(
+            j,
+            i,
+            str(count),
+            ha="center",
+            va="center",
+            color=color,
+            fontsize=12 if scale == 1 else 9,
+        )
     ax.set_xticks(range(len(classes)), classes)
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")

@@ -5,7 +5,8 @@ predict` all run `ImageClassifier.predict` on a DataFrame with one of two column
   image   the bytes of a JPEG, PNG or WebP file (in a JSON request: base64 strings, which
           MLflow decodes for a binary column, as in MLflow's examples/flower_classifier)
   pixels  an (H, W, 3) array of [0, 255] RGB values per image, any size
-and it returns one row per image: `label` ("cat" | "dog") and `p_dog`. Images are decoded
+and it returns one row per image: `label` ("cat" | "dog") and `p_dog`; for a 10-class MNIST
+model (pipeline/models/mnist.py) `label` ("0" ... "9", photos turned grey) and `probability`. Images are decoded
 and resized as the prepare stage does it, after applying their EXIF orientation
 (pipeline/data/images.py); the Keras model carries the rest of its preprocessing.
 
@@ -25,20 +26,24 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import AnyType, ColSpec, Schema
 from PIL import Image
 
+from pipeline.core.catalog import CLASS_NAMES
 from pipeline.data import CLASSES
 from pipeline.data.images import ImageTooLarge, UnreadableImage, decode, square_pixels
 
 KERAS_ARTIFACT = "keras_model"
 IMAGE, PIXELS = "image", "pixels"
 BATCH = 32
+P_DOG, PROBABILITY = "p_dog", "probability"  # the score column: binary, or 10 classes
+DIGITS = CLASS_NAMES["mnist"]
 
 
-def signature() -> ModelSignature:
+def signature(classes: int = 2) -> ModelSignature:
     # `pixels` is AnyType: MLflow's Array type checks every value in Python (30 s a batch).
     inputs = Schema(
         [ColSpec("binary", IMAGE, required=False), ColSpec(AnyType(), PIXELS, required=False)]
     )
-    return ModelSignature(inputs, Schema([ColSpec("string", "label"), ColSpec("double", "p_dog")]))
+    score = P_DOG if classes == 2 else PROBABILITY
+    return ModelSignature(inputs, Schema([ColSpec("string", "label"), ColSpec("double", score)]))
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
@@ -62,19 +67,38 @@ def input_size(model) -> int:
 
 
 def classify(model, pixels: np.ndarray) -> pd.DataFrame:
-    """P(dog) of a uint8 batch, in chunks (predict_on_batch: no tf.data setup per request)."""
+    """P(dog) of a uint8 batch, in chunks (predict_on_batch: no tf.data setup per request);
+    for a 10-class model, the digit and its probability."""
+    if model.input_shape[-1] == 1 and pixels.shape[-1] == 3:
+        pixels = grey(pixels)
     chunks = [model.predict_on_batch(pixels[i : i + BATCH]) for i in range(0, len(pixels), BATCH)]
-    p_dog = np.concatenate(chunks).ravel().astype(np.float64) if chunks else np.empty(0)
-    return pd.DataFrame({"label": labels(p_dog), "p_dog": p_dog})
+    classes = int(model.output_shape[-1])
+    if classes == 1:
+        p_dog = np.concatenate(chunks).ravel().astype(np.float64) if chunks else np.empty(0)
+        return pd.DataFrame({"label": labels(p_dog), P_DOG: p_dog})
+    p = np.concatenate(chunks).astype(np.float64) if chunks else np.empty((0, classes))
+    return pd.DataFrame({"label": labels(p), PROBABILITY: p.max(axis=-1, initial=0.0)})
 
 
-def predicted_labels(p_dog) -> np.ndarray:
-    """0/1 labels of P(dog) values: a dog above one half, as Keras' binary accuracy counts."""
-    return (np.asarray(p_dog) > 0.5).astype(int)
+def grey(pixels: np.ndarray) -> np.ndarray:
+    """RGB uint8 batch -> (N, H, W, 1), with PIL's "L" weights (ITU-R 601)."""
+    weights = np.array([0.299, 0.587, 0.114])
+    return np.rint(pixels @ weights).clip(0, 255).astype(np.uint8)[..., None]
 
 
-def labels(p_dog: np.ndarray) -> np.ndarray:
-    return np.asarray(CLASSES)[predicted_labels(p_dog)]
+def predicted_labels(scores) -> np.ndarray:
+    """Class indices: of P(dog) values, a dog above one half, as Keras' binary accuracy
+    counts; of (N, classes) probabilities, the most probable class."""
+    scores = np.asarray(scores)
+    if scores.ndim == 2 and scores.shape[-1] > 1:
+        return scores.argmax(axis=-1)
+    return (scores.ravel() > 0.5).astype(int)
+
+
+def labels(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores)
+    names = DIGITS if scores.ndim == 2 and scores.shape[-1] > 1 else CLASSES
+    return np.asarray(names)[predicted_labels(scores)]
 
 
 def pixels_of(frame, image_size: int) -> np.ndarray:

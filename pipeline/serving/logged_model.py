@@ -41,20 +41,24 @@ def log_model(job, model_file: Path) -> str:
     import mlflow
 
     # A stage run by hand where only data/prepared was pulled has no manifest: no dataset then.
-    split = read_split(paths.SPLIT_FILE) if paths.SPLIT_FILE.is_file() else None
+    # The MNIST models (mnist/dvc.yaml) did not train on that manifest.
+    mnist = job.model.kind.task == "mnist"
+    split = read_split(paths.SPLIT_FILE) if paths.SPLIT_FILE.is_file() and not mnist else None
     if split is not None:
         mlflow.log_input(split_dataset(split, job.split_sha256), context="training")
     image_size = job.model.image_size
+    classes = job.model.kind.classes
+    example = _example_digit(job) if mnist else _example_image(split, image_size)
     with tempfile.TemporaryDirectory() as tmp:
         info = mlflow.pyfunc.log_model(
             name=LOGGED_MODEL,
             python_model=Path(inference.__file__).with_name("entry.py"),
             artifacts={inference.KERAS_ARTIFACT: str(_image_model(job, model_file, Path(tmp)))},
             code_paths=[str(Path(inference.__file__).parents[1])],  # the whole package
-            signature=inference.signature(),
-            input_example=pd.DataFrame({inference.IMAGE: [_example_image(split, image_size)]}),
+            signature=inference.signature(len(classes)),
+            input_example=pd.DataFrame({inference.IMAGE: [example]}),
             pip_requirements=_pinned(REQUIREMENTS),
-            metadata={"image_size": image_size},
+            metadata={"image_size": image_size, "classes": list(classes)},
             tags={MODEL_HASH_TAG: sha256_of(model_file)[:16], "dvc.stage": job.stage},
         )
     print(f"logged MLflow model {info.model_uri} ({job.name})")
@@ -93,6 +97,13 @@ def _example_image(split: pd.DataFrame | None, image_size: int) -> bytes:
             return first.read_bytes()
     buffer = io.BytesIO()
     Image.new("RGB", (image_size, image_size), (128, 128, 128)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _example_digit(job) -> bytes:
+    """The first test digit, as a PNG file's bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(job.data.test[0][0][..., 0]).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

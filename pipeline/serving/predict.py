@@ -1,6 +1,7 @@
 """`python -m pipeline predict PATH...`: cat or dog for photos, with a registered or local model.
 
-One line per image on stdout (file, label, P(dog)); a file that is not a readable image
+One line per image on stdout (file, label, P(dog); for an MNIST model: file, digit, its
+probability); a file that is not a readable image
 gets its own `error:` line on stderr and the others are still predicted. Photos are decoded
 (EXIF orientation applied) in threads while the model predicts the previous batch.
 """
@@ -30,7 +31,7 @@ PROGRESS_FROM = 200  # images: a progress bar (on stderr) from this many on
 class Prediction:
     file: str
     label: str = ""
-    p_dog: float | None = None
+    p_dog: float | None = None  # for an MNIST model: the probability of its label
     error: str = ""
 
     def line(self) -> str:
@@ -47,14 +48,15 @@ def predict_files(files: list[Path], classifier, csv_file: Path | None, batch_si
     """`predict` with the files listed and the classifier (load_classifier) loaded."""
     from tqdm import tqdm
 
-    image_size, p_dog = classifier
-    results = []
+    image_size, scores = classifier
+    results, score_name = [], inference.P_DOG
     with tqdm(total=len(files), unit="img", disable=len(files) < PROGRESS_FROM) as bar:
         for batch in _decoded_batches(files, image_size, batch_size):
-            results += _predict_batch(batch, p_dog, bar)
+            predicted, score_name = _predict_batch(batch, scores, bar)
+            results += predicted
             bar.update(len(batch))
     if csv_file:
-        _write_csv(results, csv_file)
+        _write_csv(results, csv_file, score_name)
     failed = sum(1 for r in results if r.error)
     if failed:
         print(
@@ -80,7 +82,8 @@ def image_files(targets: Iterable[Path]) -> list[Path]:
 
 
 def load_classifier(model: str):
-    """(image size, pixels -> P(dog)) of a models:/ (or other MLflow) URI, a local Keras
+    """(image size, pixels -> a frame of label and P(dog), or label and probability for an
+    MNIST model) of a models:/ (or other MLflow) URI, a local Keras
     file, or a local MLflow Model folder. A local path that does not exist is a missing file,
     whatever its suffix: only a URI (`scheme:/...`) is looked up in the MLflow store."""
     if not _is_uri(model) and not Path(model).is_dir():
@@ -88,13 +91,12 @@ def load_classifier(model: str):
     pyfunc = _load_registered(model)
     size = int(pyfunc.metadata.metadata["image_size"])
 
-    def p_dog(pixels: np.ndarray) -> np.ndarray:
+    def scores(pixels: np.ndarray):
         import pandas as pd
 
-        frame = pd.DataFrame({inference.PIXELS: list(pixels)})
-        return pyfunc.predict(frame)["p_dog"].to_numpy()
+        return pyfunc.predict(pd.DataFrame({inference.PIXELS: list(pixels)}))
 
-    return size, p_dog
+    return size, scores
 
 
 def _is_uri(model: str) -> bool:
@@ -116,7 +118,7 @@ def _local_classifier(path: Path):
             "use its registered version instead: --model models:/dogs-vs-cats/<version>"
         )
     size = inference.input_size(keras_model)
-    return size, lambda pixels: inference.classify(keras_model, pixels)["p_dog"].to_numpy()
+    return size, lambda pixels: inference.classify(keras_model, pixels)
 
 
 def _load_registered(uri: str):
@@ -158,10 +160,12 @@ def _decoded_batches(files: list[Path], image_size: int, batch_size: int):
             yield [future.result() for future in current]
 
 
-def _predict_batch(batch, p_dog, bar) -> list[Prediction]:
+def _predict_batch(batch, scores, bar) -> tuple[list[Prediction], str]:
+    """The batch's predictions, and the name of their score (p_dog, or probability)."""
     readable = [pixels for _, pixels in batch if isinstance(pixels, np.ndarray)]
-    scores = p_dog(np.stack(readable)) if readable else np.empty(0)
-    predicted = iter(zip(inference.labels(scores), scores, strict=True))
+    frame = scores(np.stack(readable)) if readable else None
+    name = inference.P_DOG if frame is None else frame.columns[1]
+    predicted = iter(zip(*(() if frame is None else (frame["label"], frame[name])), strict=True))
     results = []
     for path, pixels in batch:
         if isinstance(pixels, images.UnreadableImage):
@@ -171,13 +175,13 @@ def _predict_batch(batch, p_dog, bar) -> list[Prediction]:
         label, score = next(predicted)
         results.append(Prediction(str(path), str(label), float(score)))
         bar.write(results[-1].line(), file=sys.stdout)
-    return results
+    return results, name
 
 
-def _write_csv(results: list[Prediction], csv_file: Path) -> None:
+def _write_csv(results: list[Prediction], csv_file: Path, score_name: str) -> None:
     with atomic_path(csv_file) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "label", "p_dog", "error"])
+        writer.writerow(["file", "label", score_name, "error"])
         for r in results:
             writer.writerow([r.file, r.label, "" if r.p_dog is None else f"{r.p_dog:.6f}", r.error])
     print(f"wrote {csv_file}", file=sys.stderr)

@@ -11,6 +11,8 @@ split hash.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from pipeline.core import catalog, paths
@@ -51,7 +53,8 @@ def crown_champion(table: pd.DataFrame, name: str) -> str:
 def version(client, name: str, row):
     """The registered version of the table row's model file; registered now if need be.
     None, with a warning, when the file has no logged MLflow Model."""
-    model_file = paths.model_file(row.model)
+    # The table names the file where it is not models/<model>.keras (MNIST: mnist/models/).
+    model_file = Path(getattr(row, "model_file", paths.model_file(row.model)))
     digest = sha256_of(model_file)[:16] if model_file.is_file() else "missing"
     found = client.search_model_versions(
         f"name = '{name}' and tags.{MODEL_HASH_TAG} = '{digest}'", max_results=1

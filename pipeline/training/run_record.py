@@ -20,9 +20,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from pipeline.core import paths
+from pipeline.core.catalog import TrainedModel
 from pipeline.core.files import write_text
-from pipeline.core.paths import DETAILS_DIR, TIMING_DIR
 
 TIMING_COLUMNS = ("epoch_seconds",)  # per-epoch history columns that are timing
 
@@ -51,15 +50,15 @@ def without_timing(history: pd.DataFrame) -> pd.DataFrame:
     return history.drop(columns=[c for c in TIMING_COLUMNS if c in history])
 
 
-def write(name: str, tags: dict, metrics: dict, seconds: dict, confusion: np.ndarray):
-    """Write the three files of run `name`; return (metrics file, details file)."""
+def write(model: TrainedModel, tags: dict, metrics: dict, seconds: dict, confusion: np.ndarray):
+    """Write the three files of `model`'s run; return (metrics file, details file)."""
+    name = model.name
     details = {
         "model": name,
         **{k: str(v) for k, v in tags.items()},
         "confusion_matrix": confusion.tolist(),  # rows: true class, columns: predicted
     }
-    write_text(DETAILS_DIR / f"{name}.json", json.dumps(details, indent=2) + "\n")
-    write_text(TIMING_DIR / f"{name}.json", json.dumps(seconds, indent=2) + "\n")
-    metrics_file = paths.metrics_file(name)
-    write_text(metrics_file, json.dumps({name: metrics}, indent=2) + "\n")
-    return metrics_file, DETAILS_DIR / f"{name}.json"
+    write_text(model.details_file, json.dumps(details, indent=2) + "\n")
+    write_text(model.timing_file, json.dumps(seconds, indent=2) + "\n")
+    write_text(model.metrics_file, json.dumps({name: metrics}, indent=2) + "\n")
+    return model.metrics_file, model.details_file

@@ -8,6 +8,9 @@ Outputs of a job named NAME (all written atomically; pipeline/core/paths.py):
   reports/history/NAME.csv           loss and accuracy per epoch (`dvc plots show`)
   reports/figures/NAME/*.png         learning curves and the test confusion matrix
 and one MLflow run NAME with the same numbers, the params, the tags and these files.
+The MNIST models of mnist/dvc.yaml go through here too, with their files under mnist/
+(TrainedModel.outputs), ten classes (softmax, sparse categorical cross-entropy) and a 10 x 10
+confusion matrix.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import pandas as pd
 from pipeline.core.catalog import TrainedModel
 from pipeline.core.files import atomic_path
 from pipeline.core.params import AugmentationParams, BaseParams, FitParams, RuntimeParams
-from pipeline.data import CLASSES
 from pipeline.data.dataset import make_dataset
 from pipeline.models.model_io import save_keras
 from pipeline.reporting import plots
@@ -39,7 +41,7 @@ from pipeline.training import resume, run_record, runtime
 
 @dataclass
 class Splits:
-    """Inputs (images or cached features) and 0/1 labels of each split."""
+    """Inputs (images or cached features) and class labels (0/1, or 0-9) of each split."""
 
     train: tuple[np.ndarray, np.ndarray]
     validation: tuple[np.ndarray, np.ndarray]
@@ -56,6 +58,9 @@ class Settings:
     fit: FitParams  # the stage's own section of `train`
     augmentation: AugmentationParams | None = None  # for the models that augment
     base: BaseParams | None = None  # for the models on a conv base
+    # The MLflow params, nested as in params.yaml, where they are not `train.<model>` (MNIST:
+    # its sections of `mnist`, the stage's seed and variant).
+    logged: dict | None = None
 
 
 @dataclass
@@ -87,6 +92,8 @@ class Job:
     def logged_params(self) -> dict:
         """The sections the stage reads, nested as in params.yaml, for its MLflow run."""
         settings, kind = self.settings, self.model.kind.name
+        if settings.logged is not None:
+            return settings.logged
         train = {"seed": settings.seed, "runtime": settings.runtime.model_dump()}
         logged = {"train": {**train, kind: settings.fit.model_dump()}}
         if settings.augmentation is not None:
@@ -118,6 +125,7 @@ def run(job: Job) -> dict:
     checkpoints = resume.checkpoint_dir(job.name, [job.logged_params(), job.tags()])
     previous = resume.completed_epochs(checkpoints)
     tags = store.run_tags(job.stage, {**job.tags(), **runtime.describe(setup)})
+    tags["pipeline.model"] = job.model.group  # compare's groups
     if previous:
         tags["resumed_from_epoch"] = str(len(previous))
     with mlflow.start_run(run_name=job.name, tags=tags) as active:
@@ -144,10 +152,14 @@ def _raise_on_sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def compile_model(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
+def compile_model(
+    model: keras.Model, learning_rate: float, jit_compile: bool = False, classes: int = 2
+) -> None:
+    """RMSprop, as every model of the book's chapter; a sigmoid for two classes, a softmax
+    over integer labels for more (the book's categorical cross-entropy on one-hot labels)."""
     model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate),
-        loss="binary_crossentropy",
+        loss="binary_crossentropy" if classes == 2 else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )
@@ -156,7 +168,7 @@ def compile_model(model: keras.Model, learning_rate: float, jit_compile: bool = 
 def build(job: Job, setup: runtime.Runtime) -> keras.Model:
     with setup.strategy.scope():
         model = job.build_model()
-        compile_model(model, job.fit.learning_rate, setup.jit_compile)
+        compile_model(model, job.fit.learning_rate, setup.jit_compile, len(job.model.kind.classes))
     return model
 
 
@@ -206,8 +218,9 @@ def evaluate(job: Job, model: keras.Model, history: pd.DataFrame):
     x_test, y_test = job.data.test
     test_ds = make_dataset(x_test, y_test, job.fit.batch_size)
     test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
-    predicted = predicted_labels(model.predict(test_ds, verbose=0).ravel())
-    confusion = np.zeros((2, 2), dtype=int)
+    predicted = predicted_labels(model.predict(test_ds, verbose=0))
+    classes = len(job.model.kind.classes)
+    confusion = np.zeros((classes, classes), dtype=int)
     np.add.at(confusion, (y_test.ravel().astype(int), predicted), 1)
     return run_record.scores(history, test_loss, test_accuracy), confusion
 
@@ -219,14 +232,15 @@ def write_and_log(job: Job, model, history: pd.DataFrame, metrics: dict, timing:
     # The model first: if it cannot be written, the reports keep their last good numbers.
     model_file = job.model.model_file
     save_keras(job.export(model) if job.export else model, model_file)
-    record_files = run_record.write(job.name, job.tags(), metrics, timing, confusion)
+    record_files = run_record.write(job.model, job.tags(), metrics, timing, confusion)
     history_file = job.model.history_file
     with atomic_path(history_file) as tmp:
         run_record.without_timing(history).round(5).to_csv(tmp, index=False)
     figures = job.model.figures_dir
     title = f"{job.name}: test accuracy {metrics['test_accuracy']:.3f}"
     plots.learning_curves(history, title, figures / "curves.png")
-    plots.confusion_matrix(confusion, CLASSES, f"{job.name} (test)", figures / "confusion.png")
+    classes = job.model.kind.classes
+    plots.confusion_matrix(confusion, classes, f"{job.name} (test)", figures / "confusion.png")
 
     mlflow.log_metrics({**metrics, **timing})
     for path in (history_file, *record_files):
