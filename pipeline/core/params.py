@@ -233,6 +233,7 @@ class SweepParams(Section):
     cpus_per_task: Annotated[Number, Field(gt=0)] = 1.0
     gpus_per_task: Annotated[Number, Field(ge=0)] = 0.0
 
+
 class MnistDataParams(Section):
     """Where the MNIST npz comes from (keras.datasets.mnist's file by default)."""
 
