@@ -237,6 +237,38 @@ def test_without_ray_installed_the_cluster_path_says_how_to_install(monkeypatch)
         ray_cluster._import_ray()
 
 
+class FlakyClientProxy:
+    """Stands in for `ray` where a real head cannot be made to fail on demand: its client
+    proxy aborts the first `failures` connections, as it does when the per-driver server it
+    starts dies at startup (seen once in CI under load)."""
+
+    def __init__(self, failures: int):
+        self.failures, self.inits, self.shutdowns = failures, 0, 0
+
+    def init(self, **kwargs):
+        self.inits += 1
+        if self.inits <= self.failures:
+            raise ConnectionAbortedError("Initialization failure from server:\nTraceback ...")
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_a_client_server_that_dies_at_startup_is_retried(monkeypatch, capsys):
+    from pipeline.sweep import ray_cluster
+
+    monkeypatch.setattr(ray_cluster.time, "sleep", lambda s: None)
+    proxy = FlakyClientProxy(failures=2)
+    ray_cluster._connect(proxy, "ray://127.0.0.1:1")
+    assert (proxy.inits, proxy.shutdowns) == (3, 2)  # each failed half-connection closed
+    assert capsys.readouterr().out.count("retrying") == 2
+
+    proxy = FlakyClientProxy(failures=ray_cluster.CONNECT_ATTEMPTS)
+    with pytest.raises(PipelineError, match=r"failed 3 times \(Initialization failure") as exc:
+        ray_cluster._connect(proxy, "ray://127.0.0.1:1")
+    assert "\n" not in str(exc.value)
+
+
 def test_the_stages_never_import_ray():
     """Only pipeline/sweep/ray_cluster.py names ray; the stages' modules never load it."""
     naming = [

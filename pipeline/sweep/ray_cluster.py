@@ -10,6 +10,7 @@ sweep runs it again.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 
 from pipeline.core.errors import PipelineError
@@ -30,12 +31,39 @@ def _import_ray():
     return ray
 
 
+CONNECT_ATTEMPTS = 3
+
+
+def _connect(ray, address: str) -> None:
+    """ray.init through the Ray Client, tried CONNECT_ATTEMPTS times.
+
+    The head's client proxy starts one server process per driver; when that process dies at
+    startup (seen under load, or with its port taken) the proxy aborts the connection. A new
+    attempt gets a new server on the next free port, so a retry is the fix, not a workaround.
+    The address itself was checked reachable before (checks.ray_reachable).
+    """
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+            return
+        except ConnectionError as exc:  # ConnectionAbortedError: the proxy's server died
+            ray.shutdown()
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if attempt == CONNECT_ATTEMPTS:
+                raise PipelineError(
+                    f"Ray cluster {address}: its client server failed {attempt} times ({first}); "
+                    "see ray_client_server_*.err in the head's session logs"
+                ) from None
+            print(f"Ray cluster {address}: connection {attempt} failed ({first}); retrying")
+            time.sleep(2 * attempt)
+
+
 def run_tasks(
     address: str, jobs: list[dict], resources: SweepParams, on_start: Callable[[], None] = None
 ) -> Iterator[dict]:
     """Submit every job, yield each result as it finishes (in finishing order)."""
     ray = _import_ray()
-    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+    _connect(ray, address)
     try:
         # Sent by value: a worker needs no copy of this repository to run it.
         ray.cloudpickle.register_pickle_by_value(task)
