@@ -24,9 +24,13 @@ def project_stages(root: Path = ROOT) -> list:
     (they run from the root, wdir: .., so their deps are named from the root too)."""
     from dvc.repo import Repo
 
+    def name(stage) -> str:  # not stage.addressing: that is relative to this process's cwd
+        dvcfile = Path(stage.dvcfile.path).relative_to(root).as_posix()
+        return stage.name if dvcfile == "dvc.yaml" else f"{dvcfile}:{stage.name}"
+
     with Repo(str(root)) as repo:
         return [
-            (stage.addressing, stage.cmd, [str(Path(d.def_path)) for d in stage.deps])
+            (name(stage), stage.cmd, [str(Path(d.def_path)) for d in stage.deps])
             for stage in repo.index.stages
         ]
 
