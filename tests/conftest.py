@@ -71,13 +71,13 @@ def _shared_fixture_group(item) -> str | None:
     """Under `pytest -n 2 --dist loadgroup` (README: tests), tests that share an expensive
     fixture run on one worker, so it is built once: the trained project (session) on one
     worker, a module's own trained model on one worker, and the rest spread over both."""
+    if "trained_project" in item.fixturenames:
+        return "trained_project"
     scopes = {
         fixturedef.scope
         for fixturedefs in item._fixtureinfo.name2fixturedefs.values()
         for fixturedef in fixturedefs
     }
-    if "trained_project" in item.fixturenames:
-        return "trained_project"
     if "module" in scopes:
         return item.module.__name__
     return None
