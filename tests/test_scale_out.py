@@ -14,7 +14,6 @@ import io
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ from tests.helpers.servers import MlflowServer
 pytestmark = pytest.mark.slow
 
 EXPERIMENT = "dogs-vs-cats"
-SWEEP = ("0.001", "0.002")  # train.baseline.learning_rate values; the project's own is 5e-4
+RATE = "0.001"  # the sweep's train.baseline.learning_rate; the project's own is 5e-4
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +51,7 @@ def reproduced(tmp_path_factory, mlflow_server):
     two_epochs = {"train": {model: {"epochs": 2} for model in models}}
     patch = {
         "split": {"train": 16, "validation": 6, "test": 6},
-        "train": {"baseline": {"learning_rate": 5e-4}},  # the sweep tries 1e-3 and 2e-3
+        "train": {"baseline": {"learning_rate": 5e-4}},  # the sweep sets 1e-3
         **ONLY_VGG16,
     }
     project = tiny_project(root, merge_patch(two_epochs, patch), per_class=30, size=48)
@@ -87,27 +86,6 @@ def cache_files(project: Path) -> set[str]:
     return {str(p.relative_to(project)) for p in (project / ".dvc/cache").rglob("*") if p.is_file()}
 
 
-def wait_for_queue(project: Path, names: list[str], timeout: float = 600) -> str:
-    """Wait until `dvc queue status` shows nothing queued or running; return it. Each `dvc`
-    call costs seconds of CPU that the experiments need: between `dvc queue status` calls
-    (every 30 s, or as soon as every experiment's git ref exists) poll the refs with git."""
-    deadline, next_status, status = time.monotonic() + timeout, 0.0, ""
-    try:
-        while time.monotonic() < deadline:
-            refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], project).stdout
-            done = all(re.search(rf"/{re.escape(name)}$", refs, re.M) for name in names)
-            if done or time.monotonic() >= next_status:
-                status = run(["dvc", "queue", "status"], project).stdout
-                if not re.search(r"\b(Queued|Running)\b", status):
-                    return status
-                next_status = time.monotonic() + 30
-            time.sleep(2)
-        pytest.fail(f"queue not done after {timeout} s:\n{status}")
-    finally:
-        if re.search(r"\b(Queued|Running)\b", status):
-            run(["dvc", "queue", "stop", "--kill"], project, check=False)
-
-
 def test_dvc_remote_push_then_clone_and_pull(project, tmp_path):
     remote = tmp_path / "remote"
     run(["dvc", "remote", "add", "-d", "local", str(remote)], project)
@@ -135,63 +113,6 @@ def test_dvc_remote_push_then_clone_and_pull(project, tmp_path):
         == "Data and pipelines are up to date."
     )
     assert ran_stages(run(["dvc", "repro", "baseline"], clone).stdout) == []
-
-
-def test_queued_sweep_runs_in_parallel_into_one_mlflow_store(project):
-    from mlflow.tracking import MlflowClient
-
-    commit(project, "before the sweep")
-    before = {r.info.run_id for r in local_runs(project)}
-    names = []
-    for rate in SWEEP:
-        out = run(
-            [
-                "dvc",
-                "exp",
-                "run",
-                "--queue",
-                "-S",
-                f"train.baseline.learning_rate={rate}",
-                "baseline",
-            ],
-            project,
-        ).stdout
-        names.append(re.search(r"Queued experiment '([^']+)'", out).group(1))
-    run(["dvc", "queue", "start", "-j", "2"], project)
-    status = wait_for_queue(project, names)
-    for name in names:
-        assert re.search(rf"{name}\s.*\bSuccess\b", status), status
-
-    new = [r for r in local_runs(project) if r.info.run_id not in before]
-    assert sorted((r.info.run_name, r.info.status) for r in new) == [("baseline", "FINISHED")] * 2
-    by_exp = {
-        r.data.tags.get("dvc.exp_name"): r.data.params["train.baseline.learning_rate"] for r in new
-    }
-    assert by_exp == dict(zip(names, SWEEP, strict=False))
-    first, second = new  # -j 2: the two trainings overlapped in time
-    assert (
-        first.info.start_time < second.info.end_time
-        and second.info.start_time < first.info.end_time
-    )
-    # In the user's store (its experiment's artifact location; in a copy of the project,
-    # the original's folder), not in the queue's temporary copies of the workspace.
-    store = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    location = store.get_experiment_by_name(EXPERIMENT).artifact_location
-    assert all(r.info.artifact_uri.startswith(location) for r in new)
-    assert not any(".dvc/tmp" in r.info.artifact_uri for r in new)
-    assert not list((project / ".dvc/tmp").rglob("mlflow.db"))  # not in the queue's copies
-
-    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
-    rows = {
-        row["Experiment"]: row for row in csv.DictReader(io.StringIO(shown)) if row["Experiment"]
-    }
-    assert set(names) <= set(rows), shown
-    for name, run_ in ((r.data.tags["dvc.exp_name"], r) for r in new):
-        assert rows[name]["State"] == "Success"
-        assert float(rows[name]["train.baseline.learning_rate"]) == float(
-            run_.data.params["train.baseline.learning_rate"]
-        )
-        assert float(rows[name]["baseline.test_accuracy"]) == run_.data.metrics["test_accuracy"]
 
 
 def test_shared_tracking_server_and_unreachable_server(project, mlflow_server):
@@ -308,3 +229,63 @@ def test_unwritable_models_dir_fails_the_stage_cleanly(project):
         == "Data and pipelines are up to date."
     )
     assert local_runs(project)[-1].info.status == "FINISHED"
+
+
+def test_sweep_on_local_runs_the_dvc_queue_in_parallel_then_skips_what_is_done(project):
+    """`python -m pipeline sweep` (--on local, the default): one queued DVC experiment per
+    seed (`dvc exp run --queue`, `dvc queue start -j 2`), its -S override in each, into the
+    user's one MLflow store; the compare table of their runs; run again, it runs nothing."""
+    from mlflow.tracking import MlflowClient
+
+    commit(project, "before the sweep")
+    before = {r.info.run_id for r in local_runs(project)}
+    argv = [
+        "python", "-m", "pipeline", "sweep", "--model", "baseline", "--seeds", "1-2", "-j", "2",
+        "-S", f"train.baseline.learning_rate={RATE}",
+    ]  # fmt: skip
+    first = run(argv, project).stdout
+    assert "2 experiments, 0 already done (skipped), 2 to run on this machine, 2 at a time" in first
+    assert len(re.findall(r"^done    \S+ \(baseline, seed [12]\)", first, re.M)) == 2, first
+    assert "2 ran, 0 failed, 0 skipped" in first
+
+    runs = [r for r in local_runs(project) if r.info.run_id not in before]
+    new = [r for r in runs if r.info.run_name == "baseline"]  # and compare's own run
+    assert sorted((r.data.params["train.seed"], r.info.status) for r in new) == [
+        ("1", "FINISHED"),
+        ("2", "FINISHED"),
+    ]
+    assert {r.data.params["train.baseline.learning_rate"] for r in new} == {RATE}
+    first_run, second_run = new  # -j 2: the two trainings overlapped in time
+    assert (
+        first_run.info.start_time < second_run.info.end_time
+        and second_run.info.start_time < first_run.info.end_time
+    )
+    # In the user's store (its experiment's artifact location; in a copy of the project,
+    # the original's folder), not in the queue's temporary copies of the workspace.
+    store = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    location = store.get_experiment_by_name(EXPERIMENT).artifact_location
+    assert all(r.info.artifact_uri.startswith(location) for r in new)
+    assert not any(".dvc/tmp" in r.info.artifact_uri for r in new)
+    assert not list((project / ".dvc/tmp").rglob("mlflow.db"))  # not in the queue's copies
+
+    names = {r.data.tags["dvc.exp_name"] for r in new}
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
+    rows = {
+        row["Experiment"]: row for row in csv.DictReader(io.StringIO(shown)) if row["Experiment"]
+    }
+    assert names <= set(rows), shown
+    for run_ in new:
+        row = rows[run_.data.tags["dvc.exp_name"]]
+        assert row["State"] == "Success"
+        assert (row["train.seed"], float(row["train.baseline.learning_rate"])) == (
+            run_.data.params["train.seed"],
+            float(RATE),
+        )
+        assert float(row["baseline.test_accuracy"]) == run_.data.metrics["test_accuracy"]
+    assert "\n| baseline | 2 | 1, 2 | " in first, first  # compare: n = 2, seeds 1 and 2
+
+    again = run(argv, project).stdout
+    assert "2 experiments, 2 already done (skipped), 0 to run" in again
+    assert sorted(re.findall(r"^skip    (\S+):", again, re.M)) == sorted(names)
+    trained = [r for r in local_runs(project) if r.info.run_name == "baseline"]
+    assert {r.info.run_id for r in trained} - before == {r.info.run_id for r in new}
