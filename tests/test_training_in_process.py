@@ -87,11 +87,41 @@ def trained(tmp_path_factory) -> Trained:
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         params = tiny_params(root)
+        metrics = {}
         try:
-            metrics = {name: train_in_process(params, name) for name in MODELS}
+            for name in MODELS:  # augmented with the stage timeline on, baseline without
+                if name == "augmented":
+                    patch.setenv("PIPELINE_TIMELINE", str(root / "timeline.json"))
+                metrics[name] = train_in_process(params, name)
         finally:
             signal.signal(signal.SIGTERM, sigterm)
     return Trained(root, params, metrics, MlflowClient(uri))
+
+
+def test_timeline_marks_every_phase_of_every_epoch_in_order(trained):
+    """PIPELINE_TIMELINE (benchmarks/stage.py): where the stage's time went, epoch by epoch."""
+    timeline = json.loads((trained.root / "timeline.json").read_text())
+    start = timeline["start"]
+    order = ["data_loaded", "model_built", "fit_begin", "fit_end", "evaluated", "written"]
+    assert [start[name] for name in order] == sorted(start[name] for name in order)
+    epochs = timeline["epochs"]
+    assert [e["epoch"] for e in epochs] == list(range(1, FIT["epochs"] + 1))
+    phases = ["begin", "first_step_end", "train_end", "validation_begin", "validation_end"]
+    phases += ["callbacks_begin", "history_file", "mlflow", "backup"]
+    for epoch, following in zip(epochs, epochs[1:] + [None], strict=True):
+        times = [epoch[phase] for phase in phases]
+        assert times == sorted(times), epoch
+        assert following is None or following["begin"] >= epoch["backup"]
+    assert start["fit_begin"] <= epochs[0]["begin"] and epochs[-1]["backup"] <= start["fit_end"]
+
+
+def test_a_stage_without_timeline_writes_none_and_logs_every_epoch(trained):
+    """The default path: no hooks in fit; each epoch still reaches MLflow (EpochLogger)."""
+    run = run_of(trained, "baseline")
+    history = trained.client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == list(range(1, FIT["epochs"] + 1))
+    timeline = json.loads((trained.root / "timeline.json").read_text())
+    assert len(timeline["epochs"]) == FIT["epochs"]  # augmented's alone: baseline wrote none
 
 
 def run_of(trained: Trained, name: str):
