@@ -108,22 +108,35 @@ def best_seconds(run, repeats: int = 2) -> float:
     return min(timings)
 
 
-def seconds_per_step(model, dataset, steps: int) -> float:
-    """One untimed pass of `steps` (tracing, warm-up), then a timed one."""
+def seconds_per_step(model, dataset, steps: int) -> tuple[float, float]:
+    """One untimed pass of `steps` (tracing, warm-up), then a timed one: (seconds per step,
+    the share of this machine's cores the process used meanwhile; under 0.9, something
+    else ran on them and the figure is the neighbour's as much as ours)."""
     model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
-    return (time.perf_counter() - started) / steps
+    wall = time.perf_counter() - started
+    return wall / steps, (time.process_time() - cpu) / wall / os.cpu_count()
 
 
-def best_seconds_per_step(candidates: dict, steps: int, rounds: int = 2) -> dict:
+def best_seconds_per_step(candidates: dict, steps: int, rounds: int = 2) -> tuple[dict, dict]:
     """The candidates (name: (model, dataset)) timed in turn, `rounds` times; the best of
-    each. Interleaving spreads a noisy neighbour over all of them rather than one."""
-    best = {name: float("inf") for name in candidates}
+    each, and every timing with its CPU share (seconds_per_step). Interleaving spreads a
+    noisy neighbour over all of them rather than one."""
+    timings = {name: [] for name in candidates}
     for _ in range(rounds):
         for name, (model, dataset) in candidates.items():
-            best[name] = min(best[name], seconds_per_step(model, dataset, steps))
-    return best
+            timings[name].append(seconds_per_step(model, dataset, steps))
+    best = {name: min(t for t, _ in runs) for name, runs in timings.items()}
+    return best, timings
+
+
+def compute_dtype(model) -> str:
+    """The compute dtype of the model's first convolution: what a measurement really ran."""
+    import keras
+
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    return conv.dtype_policy.compute_dtype
 
 
 def keras_preprocessing_layers(params):
@@ -203,8 +216,13 @@ def epoch_times(work: Path, steps: int) -> dict:
         ).repeat()
         models = {"reference": (build(reference=True), reference), "ours": (build(), ours)}
         models["bf16"] = (build("mixed_bfloat16"), ours)
+        # Input stalls: the default model on one batch, cached, against it on the stage's
+        # input pipeline; the difference is what the pipeline costs the train steps.
+        one_batch = ours.take(1).cache().repeat()
+        default_model = models["bf16" if default_policy == "mixed_bfloat16" else "ours"][0]
+        models["one_batch"] = (default_model, one_batch)
         keras.mixed_precision.set_global_policy("float32")
-        best = best_seconds_per_step(models, steps)
+        best, timings = best_seconds_per_step(models, steps)
         ref_s, ours_s, bf16_s = best["reference"], best["ours"], best["bf16"]
         default_s = bf16_s if default_policy == "mixed_bfloat16" else ours_s
         results[model_name] = {
@@ -217,6 +235,13 @@ def epoch_times(work: Path, steps: int) -> dict:
             "default_policy": default_policy,
             "default_s_per_epoch": round(default_s * 100, 1),
             "ratio_default": round(default_s / ref_s, 3),
+            "one_batch_s_per_epoch": round(best["one_batch"] * 100, 1),
+            "input_stall_fraction": round(1 - best["one_batch"] / default_s, 3),
+            "compute_dtypes": {name: compute_dtype(m) for name, (m, _) in models.items()},
+            "timings": {  # every timed fit: seconds per book epoch, CPU share
+                name: [(round(t * 100, 1), round(share, 2)) for t, share in runs]
+                for name, runs in timings.items()
+            },
         }
         print(model_name, results[model_name], flush=True)
     return results
@@ -273,6 +298,22 @@ def throughput(work: Path, peak_gflops: float, n_images: int = 384) -> dict:
     return results
 
 
+def stage_times(work: Path, epochs: int, micro: dict) -> dict:
+    """The real stage command for `epochs` epochs (benchmarks/stage.py), and its ratio to
+    the microbenchmark's plain Keras and to ours at the default precision."""
+    from stage import time_stage
+
+    results = {}
+    for model in ("baseline", "augmented"):
+        r = time_stage(work, model, epochs)
+        steady = r["steady"]["epoch"]
+        r["ratio_to_plain_keras"] = round(steady / micro[model]["reference_s_per_epoch"], 3)
+        r["ratio_to_microbenchmark"] = round(steady / micro[model]["default_s_per_epoch"], 3)
+        results[model] = r
+        print(model, "stage", {k: r[k] for k in ("keras_epochs", "steady", "startup")}, flush=True)
+    return results
+
+
 def markdown(figures: dict) -> str:
     lines = [
         "# Benchmark",
@@ -305,6 +346,43 @@ def markdown(figures: dict) -> str:
         )
     lines += [
         "",
+        "Compute dtype of each measurement, input stalls (the default model on one cached "
+        "batch against it on the stage's input pipeline) and every timed fit "
+        "(seconds per book epoch, share of the cores this process got):",
+        "",
+    ]
+    for name, r in figures["epochs"].items():
+        lines.append(
+            f"- {name}: dtypes {r['compute_dtypes']}; one cached batch "
+            f"{r['one_batch_s_per_epoch']} s, input stall {100 * r['input_stall_fraction']:.1f}% "
+            f"of the epoch; fits {r['timings']}"
+        )
+    if figures.get("stage"):
+        from stage import markdown as stage_markdown
+
+        stages = list(figures["stage"].values())
+        lines += [
+            "",
+            f"## The real stage: `python -m pipeline train <model>`, {stages[0]['epochs']} epochs",
+            "",
+            "Seconds per epoch as Keras prints them, the steady epochs (epoch 2 on) from the "
+            "stage's timeline (`PIPELINE_TIMELINE`, pipeline/training/timeline.py) and where "
+            "they go; the ratio of a steady epoch to plain Keras's and to the microbenchmark's "
+            "default-precision epoch above:",
+            "",
+            *stage_markdown(stages),
+            "",
+            "| model | stage epoch / plain Keras | stage epoch / microbenchmark (default) |",
+            "| --- | --- | --- |",
+            *(
+                f"| {r['model']} | {r['ratio_to_plain_keras']} | {r['ratio_to_microbenchmark']} |"
+                for r in stages
+            ),
+        ]
+    if not figures.get("throughput"):
+        return "\n".join(lines) + "\n"
+    lines += [
+        "",
         "## Throughput against the FLOP limit",
         "",
         "| what | images/s | GFLOP per image | fraction of the matmul limit |",
@@ -324,6 +402,15 @@ def main() -> None:
         "--steps", type=int, default=30, help="timed training steps per measurement"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "reports/benchmark.md")
+    parser.add_argument(
+        "--stage-epochs",
+        type=int,
+        default=3,
+        help="epochs of the real stage (python -m pipeline train <model>); 0: skip it",
+    )
+    parser.add_argument(
+        "--no-throughput", action="store_true", help="skip the extraction throughput part"
+    )
     args = parser.parse_args()
     if not args.archive.is_file():
         raise SystemExit(f"{args.archive} not found: pass --archive")
@@ -350,8 +437,11 @@ def main() -> None:
         "matmul_gflops_bf16": round(peak_bf16, 1),
         "stages": stages,
         "epochs": epoch_times(work, args.steps),
-        "throughput": throughput(work, peak),
     }
+    if args.stage_epochs:
+        figures["stage"] = stage_times(work, args.stage_epochs, figures["epochs"])
+    if not args.no_throughput:
+        figures["throughput"] = throughput(work, peak)
     write_figures(args.out, figures, markdown(figures))
     shutil.rmtree(work, ignore_errors=True)
 

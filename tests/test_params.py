@@ -129,9 +129,7 @@ def test_experiment_args_files_give_valid_params_without_vgg16(tmp_path, name):
     assert list(params.pretrained.bases) == ["efficientnet_lite0"]
     book = load_params(ROOT / "params.yaml")
     if name == "fast":  # the book's schedule: only frozen_aug's fast path differs
-        assert params.train.model_copy(
-            update={"frozen_aug": book.train.frozen_aug}
-        ) == book.train
+        assert params.train.model_copy(update={"frozen_aug": book.train.frozen_aug}) == book.train
         assert params.train.frozen_aug.cached_copies == book.train.frozen_aug.epochs
     else:
         assert all(getattr(params.train, m).epochs <= 2 for m in ("baseline", "augmented"))
