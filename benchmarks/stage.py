@@ -42,6 +42,13 @@ def keras_epochs(output: str) -> list[dict]:
     return epochs
 
 
+def busy_cpu_seconds() -> float:
+    """CPU seconds every process on this machine has used since boot (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 CALLBACKS = ("history_file", "mlflow", "backup")  # pipeline/training/resume.py, in order
 
 
@@ -100,7 +107,7 @@ def time_stage(work: Path, model: str, epochs: int, overrides: dict | None = Non
     timeline_file = work / f"timeline-{model}.json"
     env = {**os.environ, "PIPELINE_TIMELINE": str(timeline_file)}
     try:
-        started = time.perf_counter()
+        started, everyone = time.perf_counter(), busy_cpu_seconds()
         process = subprocess.Popen(
             [sys.executable, "-m", "pipeline", "train", model],
             cwd=work,
@@ -112,6 +119,7 @@ def time_stage(work: Path, model: str, epochs: int, overrides: dict | None = Non
         output = process.stdout.read()
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
+        others = (busy_cpu_seconds() - everyone) - (usage.ru_utime + usage.ru_stime)
     finally:
         params_file.write_text(original)
     if os.waitstatus_to_exitcode(status) != 0:
@@ -128,6 +136,8 @@ def time_stage(work: Path, model: str, epochs: int, overrides: dict | None = Non
         "epochs": epochs,
         "wall_s": round(wall, 1),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        # the share of the cores other processes used meanwhile (benchmark.py: seconds_per_step)
+        "neighbours_share": round(max(0.0, others / wall / os.cpu_count()), 2),
         "peak_rss_mb": round(usage.ru_maxrss / 1024),
         "keras_epochs": keras,
         "keras_steady_s": statistics.median(e["seconds"] for e in keras[1:] or keras),
@@ -156,14 +166,14 @@ def markdown(results: list[dict]) -> list[str]:
         "",
         "Start-up and end (seconds): process start to the first epoch, and after the last.",
         "",
-        "| model | wall | peak RSS (MB) | "
+        "| model | wall | neighbours' CPU share | peak RSS (MB) | "
         + " | ".join(k.replace("_", " ") for k in results[0]["startup"])
         + " |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in results[0]["startup"]) + " |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in results[0]["startup"]) + " |",
     ]
     for r in results:
         lines.append(
-            f"| {r['model']} | {r['wall_s']} | {r['peak_rss_mb']} | "
+            f"| {r['model']} | {r['wall_s']} | {r['neighbours_share']} | {r['peak_rss_mb']} | "
             + " | ".join(str(v) for v in r["startup"].values())
             + " |"
         )

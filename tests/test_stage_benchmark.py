@@ -41,3 +41,14 @@ def test_epoch_breakdown_adds_up_to_the_epoch():
     assert sum(parts[k] for k in named) == pytest.approx(13.0)
     assert parts["outside_fraction"] == pytest.approx(1.0 / 13.0, abs=1e-3)
     assert epoch_breakdown(epoch, next_begin=None)["epoch"] == 12.5  # the last epoch
+
+
+def test_busy_cpu_seconds_counts_this_process_work():
+    import time
+
+    from benchmarks.stage import busy_cpu_seconds
+
+    before, ours = busy_cpu_seconds(), time.process_time()
+    while time.process_time() - ours < 0.3:  # 0.3 s of CPU work
+        pass
+    assert busy_cpu_seconds() - before >= 0.2  # /proc/stat ticks are 10 ms
