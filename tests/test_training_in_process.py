@@ -286,3 +286,24 @@ def test_report_table_on_hand_made_metrics(tmp_path):
 
     with pytest.raises(PipelineError, match="baseline.json not found; run `dvc repro`"):
         progression_table(params, tmp_path)
+
+
+@pytest.mark.parametrize("classes", [2, 10])
+def test_test_scores_from_one_prediction_pass_match_evaluate(classes):
+    """train.evaluate predicts the test set once; its loss and accuracy are evaluate's."""
+    import keras
+
+    from pipeline.data.dataset import make_dataset
+    from pipeline.training.train import compile_model, test_scores
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)).astype(np.float32)
+    y = rng.integers(0, classes, size=50)
+    keras.utils.set_random_seed(0)
+    units, activation = (1, "sigmoid") if classes == 2 else (classes, "softmax")
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(units, activation=activation)])
+    compile_model(model, 1e-3, classes=classes)
+    dataset = make_dataset(x, y, 20)
+    loss, accuracy = model.evaluate(dataset, verbose=0)
+    ours = test_scores(model, y, model.predict(dataset, verbose=0))
+    assert ours == pytest.approx((loss, accuracy), abs=1e-6)
