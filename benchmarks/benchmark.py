@@ -441,6 +441,7 @@ def main() -> None:
         "--no-throughput", action="store_true", help="skip the extraction throughput part"
     )
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the measurements chdir into a scratch copy
     if not args.archive.is_file():
         raise SystemExit(f"{args.archive} not found: pass --archive")
 
