@@ -87,6 +87,8 @@ def startup(marks: dict, epochs: list[dict], steady: dict, wall: float) -> dict:
         "tracing_train": (first["first_step_end"] - first["begin"]) - steady["first_step"],
         "tracing_validation": (first["validation_end"] - first["validation_begin"])
         - steady["validation"],
+        # from the last epoch's end to fit's return (on_train_end, Keras' own teardown)
+        "fit_end": marks["fit_end"] - epochs[-1][CALLBACKS[-1]],
         "test_evaluation": marks["evaluated"] - marks["fit_end"],
         "write_and_log_model": marks["written"] - marks["evaluated"],
         "exit": wall - marks["written"],

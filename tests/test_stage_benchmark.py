@@ -43,6 +43,23 @@ def test_epoch_breakdown_adds_up_to_the_epoch():
     assert epoch_breakdown(epoch, next_begin=None)["epoch"] == 12.5  # the last epoch
 
 
+def test_startup_accounts_for_the_whole_wall_time():
+    from benchmarks.stage import startup
+
+    marks = {"data_begin": 5.0, "data_loaded": 6.0, "model_built": 7.5, "fit_begin": 8.0}
+    marks |= {"fit_end": 40.0, "evaluated": 42.0, "written": 44.0}
+    epochs = [
+        {"begin": 8.1, "first_step_end": 9.0, "validation_begin": 20.0, "validation_end": 22.0},
+        {"begin": 23.0, "backup": 35.0},
+    ]
+    steady = {"first_step": 0.4, "validation": 1.5}
+    parts = startup(marks, epochs, steady, wall=45.0)
+    assert parts["tracing_train"] == 0.5 and parts["tracing_validation"] == 0.5
+    assert parts["fit_end"] == 5.0 and parts["exit"] == 1.0
+    outside_epochs = sum(v for k, v in parts.items() if not k.startswith("tracing"))
+    assert outside_epochs + (epochs[-1]["backup"] - epochs[0]["begin"]) == 45.0
+
+
 def test_busy_cpu_seconds_counts_this_process_work():
     import time
 
