@@ -59,16 +59,26 @@ def merge_patch(target: dict, patch: dict) -> dict:
 
 
 def dotted_patch(*assignments: str) -> dict:
-    """`dvc exp run -S` style `a.b.c=value` assignments (YAML values) as a patch."""
+    """`dvc exp run -S` style `a.b.c=value` assignments (YAML values) as a patch; `~a.b`
+    deletes the key, as in Hydra's override syntax that -S speaks."""
     patch: dict = {}
     for assignment in assignments:
         key, _, value = assignment.partition("=")
-        *parents, leaf = key.split(".")
+        delete = key.startswith("~")
+        *parents, leaf = key.removeprefix("~").split(".")
         node = patch
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = None if delete else yaml.safe_load(value)
     return patch
+
+
+def args_file_assignments(path: Path) -> list[str]:
+    """The `-S` values of an args file (experiments/*.args, used as `dvc exp run $(cat F)`)."""
+    words = path.read_text().split()
+    if words[::2] != ["-S"] * len(words[::2]) or len(words) % 2:
+        raise ValueError(f"{path}: expected only '-S key=value' or '-S ~key' pairs")
+    return words[1::2]
 
 
 def update_params(project: Path, patch: dict) -> None:

@@ -114,3 +114,28 @@ def test_cli_lists_every_stage():
         assert stage in result.stdout
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert {"download", "split", "prepare"} <= set(stages)
+
+
+@pytest.mark.parametrize("name", ["quick", "fast"])
+def test_experiment_args_files_give_valid_params_without_vgg16(tmp_path, name):
+    """experiments/<name>.args (`dvc exp run $(cat experiments/<name>.args)`): every key
+    exists and every value is valid; `~pretrained.bases.vgg16` drops the online base."""
+    from benchmarks.workspace import args_file_assignments, dotted_patch
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    assignments = args_file_assignments(ROOT / f"experiments/{name}.args")
+    update_params(tmp_path, dotted_patch(*assignments))
+    params = load_params(tmp_path / "params.yaml")
+    assert list(params.pretrained.bases) == ["efficientnet_lite0"]
+    book = load_params(ROOT / "params.yaml")
+    if name == "fast":  # the book's schedule: only frozen_aug's fast path differs
+        assert params.train.model_copy(update={"frozen_aug": book.train.frozen_aug}) == book.train
+        assert params.train.frozen_aug.cached_copies == book.train.frozen_aug.epochs
+    else:
+        assert all(getattr(params.train, m).epochs <= 2 for m in ("baseline", "augmented"))
+
+
+def test_a_tilde_assignment_deletes_the_key():
+    from benchmarks.workspace import dotted_patch
+
+    assert dotted_patch("~a.b", "a.c=3") == {"a": {"b": None, "c": 3}}

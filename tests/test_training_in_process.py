@@ -87,11 +87,41 @@ def trained(tmp_path_factory) -> Trained:
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         params = tiny_params(root)
+        metrics = {}
         try:
-            metrics = {name: train_in_process(params, name) for name in MODELS}
+            for name in MODELS:  # augmented with the stage timeline on, baseline without
+                if name == "augmented":
+                    patch.setenv("PIPELINE_TIMELINE", str(root / "timeline.json"))
+                metrics[name] = train_in_process(params, name)
         finally:
             signal.signal(signal.SIGTERM, sigterm)
     return Trained(root, params, metrics, MlflowClient(uri))
+
+
+def test_timeline_marks_every_phase_of_every_epoch_in_order(trained):
+    """PIPELINE_TIMELINE (benchmarks/stage.py): where the stage's time went, epoch by epoch."""
+    timeline = json.loads((trained.root / "timeline.json").read_text())
+    start = timeline["start"]
+    order = ["data_loaded", "model_built", "fit_begin", "fit_end", "evaluated", "written"]
+    assert [start[name] for name in order] == sorted(start[name] for name in order)
+    epochs = timeline["epochs"]
+    assert [e["epoch"] for e in epochs] == list(range(1, FIT["epochs"] + 1))
+    phases = ["begin", "first_step_end", "train_end", "validation_begin", "validation_end"]
+    phases += ["callbacks_begin", "history_file", "mlflow", "backup"]
+    for epoch, following in zip(epochs, epochs[1:] + [None], strict=True):
+        times = [epoch[phase] for phase in phases]
+        assert times == sorted(times), epoch
+        assert following is None or following["begin"] >= epoch["backup"]
+    assert start["fit_begin"] <= epochs[0]["begin"] and epochs[-1]["backup"] <= start["fit_end"]
+
+
+def test_a_stage_without_timeline_writes_none_and_logs_every_epoch(trained):
+    """The default path: no hooks in fit; each epoch still reaches MLflow (EpochLogger)."""
+    run = run_of(trained, "baseline")
+    history = trained.client.get_metric_history(run.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == list(range(1, FIT["epochs"] + 1))
+    timeline = json.loads((trained.root / "timeline.json").read_text())
+    assert len(timeline["epochs"]) == FIT["epochs"]  # augmented's alone: baseline wrote none
 
 
 def run_of(trained: Trained, name: str):
@@ -256,3 +286,24 @@ def test_report_table_on_hand_made_metrics(tmp_path):
 
     with pytest.raises(PipelineError, match="baseline.json not found; run `dvc repro`"):
         progression_table(params, tmp_path)
+
+
+@pytest.mark.parametrize("classes", [2, 10])
+def test_test_scores_from_one_prediction_pass_match_evaluate(classes):
+    """train.evaluate predicts the test set once; its loss and accuracy are evaluate's."""
+    import keras
+
+    from pipeline.data.dataset import make_dataset
+    from pipeline.training.train import compile_model, test_scores
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)).astype(np.float32)
+    y = rng.integers(0, classes, size=50)
+    keras.utils.set_random_seed(0)
+    units, activation = (1, "sigmoid") if classes == 2 else (classes, "softmax")
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(units, activation=activation)])
+    compile_model(model, 1e-3, classes=classes)
+    dataset = make_dataset(x, y, 20)
+    loss, accuracy = model.evaluate(dataset, verbose=0)
+    ours = test_scores(model, y, model.predict(dataset, verbose=0))
+    assert ours == pytest.approx((loss, accuracy), abs=1e-6)

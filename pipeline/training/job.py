@@ -12,6 +12,7 @@ from pipeline.core.files import sha256_of
 from pipeline.core.params import Params
 from pipeline.data.prepare import load_prepared
 from pipeline.data.split import SPLITS
+from pipeline.training import timeline
 from pipeline.training.train import Job, Settings, Splits
 
 
@@ -30,15 +31,19 @@ def settings(params: Params, model: catalog.TrainedModel) -> Settings:
 def make_job(params: Params, model: catalog.TrainedModel, **work) -> Job:
     """`work` is what differs per model: build_model, data, and maybe export, pixels_model,
     extra_seconds."""
+    timeline.mark("data_loaded")  # `work` holds the data, read by the caller
     split_hash = sha256_of(paths.SPLIT_FILE)[:16] if paths.SPLIT_FILE.is_file() else "unknown"
     return Job(model=model, settings=settings(params, model), split_sha256=split_hash, **work)
 
 
 def load_image_splits(image_size: int) -> Splits:
+    timeline.mark("data_begin")
     return Splits(*(load_prepared(image_size, split) for split in SPLITS))
 
 
 def load_feature_splits(base: str) -> Splits:
+    timeline.mark("data_begin")
+
     def load(split: str):
         path = paths.features_file(base, split)
         if not path.is_file():

@@ -19,7 +19,7 @@ import pandas as pd
 
 from pipeline.core.files import atomic_path
 from pipeline.core.paths import CHECKPOINTS_DIR
-from pipeline.tracking.epochs import log_epoch
+from pipeline.tracking.epochs import EpochLogger
 
 
 def checkpoint_dir(name: str, settings: object) -> Path:
@@ -53,14 +53,19 @@ def completed_epochs(checkpoints: Path) -> list[dict]:
     return []
 
 
-def callbacks(checkpoints: Path, previous: list[dict]) -> tuple[EpochRecorder, AtomicBackup]:
-    """The recorder first: its history row must be on disk before the backup claims the epoch."""
-    return EpochRecorder(checkpoints / "history.csv", previous), AtomicBackup(str(checkpoints))
+def callbacks(checkpoints: Path, previous: list[dict]) -> dict[str, keras.callbacks.Callback]:
+    """fit's per-epoch callbacks by name, in the order they must run: the recorder first (its
+    history row must be on disk before the backup claims the epoch), then the row to MLflow."""
+    recorder = EpochRecorder(checkpoints / "history.csv", previous)
+    return {
+        "history_file": recorder,
+        "mlflow": EpochLogger(recorder.rows),
+        "backup": AtomicBackup(str(checkpoints)),
+    }
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """Keeps the full per-epoch history (also across a resume) in the checkpoint folder and
-    logs each epoch to the active MLflow run (pipeline/tracking/epochs.py)."""
+    """Keeps the full per-epoch history (also across a resume) in the checkpoint folder."""
 
     def __init__(self, history_file: Path, previous: list[dict]):
         super().__init__()
@@ -74,7 +79,6 @@ class EpochRecorder(keras.callbacks.Callback):
         self.rows.append(row)
         with atomic_path(self.history_file) as tmp:
             pd.DataFrame(self.rows).to_csv(tmp, index=False)
-        log_epoch(row)
         self.started = time.perf_counter()
 
 

@@ -36,7 +36,7 @@ from pipeline.serving import logged_model
 from pipeline.serving.inference import predicted_labels
 from pipeline.tracking import store
 from pipeline.tracking.epochs import log_epoch
-from pipeline.training import resume, run_record, runtime
+from pipeline.training import resume, run_record, runtime, timeline
 
 
 @dataclass
@@ -122,6 +122,7 @@ def run(job: Job) -> dict:
     store.close_stale_runs(job.stage)
     setup = runtime.setup(job.settings.runtime, job.settings.seed)
     model = build(job, setup)
+    timeline.mark("model_built")
     checkpoints = resume.checkpoint_dir(job.name, [job.logged_params(), job.tags()])
     previous = resume.completed_epochs(checkpoints)
     tags = store.run_tags(job.stage, {**job.tags(), **runtime.describe(setup)})
@@ -131,14 +132,17 @@ def run(job: Job) -> dict:
     with mlflow.start_run(run_name=job.name, tags=tags) as active:
         try:
             log_start(job, model, previous, active.info.run_id)
-            history, seconds = fit(job, model, checkpoints, previous)
+            history, seconds, epoch_timeline = fit(job, model, checkpoints, previous)
             metrics, confusion = evaluate(job, model, history)
+            timeline.mark("evaluated")
             timing = run_record.timing(history, seconds)
             write_and_log(job, model, history, metrics, timing, confusion)
+            timeline.mark("written")
         except KeyboardInterrupt:
             mlflow.end_run(status="KILLED")  # the context manager would say FAILED
             raise
     shutil.rmtree(checkpoints, ignore_errors=True)
+    timeline.write(epoch_timeline)
     print(
         f"{job.name}: test accuracy {metrics['test_accuracy']:.4f}, "
         f"best validation {metrics['best_val_accuracy']:.4f}, {seconds:.0f} s"
@@ -198,31 +202,45 @@ def fit(job: Job, model: keras.Model, checkpoints: Path, previous: list[dict]):
         seed=job.settings.seed,
         repeat=steps > 0,
     )
-    recorder, backup = resume.callbacks(checkpoints, previous)
+    per_epoch = resume.callbacks(checkpoints, previous)
+    callbacks, epoch_timeline = timeline.with_timeline(per_epoch)  # PIPELINE_TIMELINE
     started = time.perf_counter()
+    timeline.mark("fit_begin")
     model.fit(
         train_ds,
         validation_data=make_dataset(x_val, y_val, job.fit.batch_size),
         epochs=job.fit.epochs,
         steps_per_epoch=steps or None,
-        callbacks=[recorder, backup],
+        callbacks=callbacks,
         verbose=2,  # one line per epoch: readable in `dvc repro` logs
     )
+    timeline.mark("fit_end")
     seconds = time.perf_counter() - started + job.extra_seconds
     seconds += sum(row["epoch_seconds"] for row in previous)
-    return pd.DataFrame(recorder.rows), seconds
+    return pd.DataFrame(per_epoch["history_file"].rows), seconds, epoch_timeline
 
 
 def evaluate(job: Job, model: keras.Model, history: pd.DataFrame):
-    """Test scores and the validation summary; the test confusion matrix."""
+    """Test scores and the validation summary; the test confusion matrix. One pass over the
+    test set: loss, accuracy and confusion matrix come from the same predictions
+    (model.evaluate, then model.predict, ran the test set through the model twice)."""
     x_test, y_test = job.data.test
-    test_ds = make_dataset(x_test, y_test, job.fit.batch_size)
-    test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
-    predicted = predicted_labels(model.predict(test_ds, verbose=0))
+    scores = model.predict(make_dataset(x_test, y_test, job.fit.batch_size), verbose=0)
+    test_loss, test_accuracy = test_scores(model, y_test, scores)
+    predicted = predicted_labels(scores)
     classes = len(job.model.kind.classes)
     confusion = np.zeros((classes, classes), dtype=int)
     np.add.at(confusion, (y_test.ravel().astype(int), predicted), 1)
     return run_record.scores(history, test_loss, test_accuracy), confusion
+
+
+def test_scores(model: keras.Model, labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(loss, accuracy) of predicted `scores` as model.evaluate computes them: the compiled
+    loss averaged over the images, and the share whose predicted class is the label's."""
+    truth = labels.astype(np.float32).reshape(-1, 1)  # as make_dataset feeds them
+    loss = keras.ops.mean(keras.losses.get(model.loss)(truth, scores))
+    accuracy = np.mean(predicted_labels(scores) == labels.ravel())
+    return float(loss), float(accuracy)
 
 
 def write_and_log(job: Job, model, history: pd.DataFrame, metrics: dict, timing: dict, confusion):
