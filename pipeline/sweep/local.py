@@ -82,7 +82,9 @@ def run_queue(
             if state in ("Queued", "Running"):
                 continue
             pending.discard(name)
-            seconds = {"run": round(time.monotonic() - started, 2)}  # since the queue started
+            # DVC's queue says when an experiment has ended, not when it started: the time
+            # since the queue started ("ended after N s"), seen at the poll that saw it end.
+            seconds = {"ended after": round(time.monotonic() - started, 2)}
             ok = state == "Success"
             tail = "" if ok else _log_tail(root, name, state)
             yield {
