@@ -22,30 +22,17 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from repro import DEFAULT_ARCHIVE, make_benchmark_project, write_figures
+from services import RAY_ENV, MlflowServer, RayHead
 from workspace import run, update_params
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY_ENV = {  # keeps every Ray process on 127.0.0.1 (README: seed sweeps)
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120",
-}
 PREREQUISITES = ["prepare@150", "extract@efficientnet_lite0"]  # what the sweep's models read
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def timed_sweep(project: Path, args: list[str], env: dict | None = None) -> dict:
@@ -91,46 +78,18 @@ def test_accuracies(tracking_uri: str, model: str) -> dict[int, float]:
 
 class LocalCluster:
     """What a Ray sweep needs, all on 127.0.0.1 in `work`: a Ray head, an MLflow server, a bare
-    git repo and a folder as the DVC remote."""
+    git repo and a folder as the DVC remote (services.py: the tests start the same ones)."""
 
     def __init__(self, work: Path):
-        self.work, self.env = work, {**os.environ, **RAY_ENV}
-        self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: socket paths
-        self.client_port, port = free_port(), free_port()
-        self.tracking_uri = f"http://127.0.0.1:{port}"
-        ray = Path(sys.executable).parent / "ray"
-        subprocess.run(
-            [str(ray), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-             f"--ray-client-server-port={self.client_port}", "--include-dashboard=false",
-             "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={self.temp}"],
-            env=self.env, check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
-        mlflow = Path(sys.executable).parent / "mlflow"
-        self.server = subprocess.Popen(
-            [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{work / 'server.db'}",
-             "--artifacts-destination", str(work / "server-artifacts")],
-            cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        )  # fmt: skip
-        self._wait_for_server()
-
-    @property
-    def address(self) -> str:
-        return f"ray://127.0.0.1:{self.client_port}"
-
-    def _wait_for_server(self, timeout: float = 240) -> None:
-        import requests
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.tracking_uri}/health", timeout=2).ok:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        raise SystemExit(f"mlflow server {self.tracking_uri} not healthy after {timeout} s")
+        self.work = work
+        self.head, self.server = RayHead(num_cpus=os.cpu_count()), MlflowServer(work)
+        try:
+            self.head.wait_started(120)
+            self.server.wait_healthy()
+        except RuntimeError as exc:
+            self.stop()
+            raise SystemExit(str(exc)) from None
+        self.tracking_uri, self.address = self.server.url, self.head.address
 
     def publish(self, project: Path) -> None:
         """The project's commit on a bare git remote, its DVC outputs on a local remote."""
@@ -144,10 +103,8 @@ class LocalCluster:
         run(["dvc", "push"], project)
 
     def stop(self) -> None:
-        os.killpg(self.server.pid, 15)
-        ray = Path(sys.executable).parent / "ray"
-        subprocess.run([str(ray), "stop", "--force"], env=self.env, capture_output=True, timeout=60)
-        shutil.rmtree(self.temp, ignore_errors=True)
+        self.server.stop()
+        self.head.stop()
 
 
 def report(figures: dict) -> str:

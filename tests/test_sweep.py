@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +26,7 @@ import yaml
 from pipeline.core.errors import PipelineError
 from pipeline.sweep import checks, plan
 from tests.helpers.project import ROOT, command_env, make_project, run
+from tests.helpers.servers import RAY_ENV, MlflowServer, RayHead, free_port
 
 # --- fast: the plan --------------------------------------------------------------------
 
@@ -155,12 +153,6 @@ def listening():
         yield f"ray://127.0.0.1:{server.getsockname()[1]}"
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # nothing listens once closed
-
-
 SERVER = "http://127.0.0.1:5000"
 
 
@@ -200,7 +192,7 @@ def test_no_dvc_remote_is_refused(pushed, listening):
 
 
 def test_an_unreachable_ray_address_fails_fast(pushed, monkeypatch):
-    address = f"ray://127.0.0.1:{closed_port()}"
+    address = f"ray://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(PipelineError, match=f"Ray address {address}: unreachable"):
         checks.refuse_bad_ray_setup(pushed, address, SERVER, "origin")
@@ -221,7 +213,7 @@ def test_the_cli_refuses_in_one_line_before_any_work(tmp_path, monkeypatch):
     project = make_project(tmp_path / "project")
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project}/mlflow.db")
-    on = f"ray://127.0.0.1:{closed_port()}"
+    on = f"ray://127.0.0.1:{free_port()}"
     result = CliRunner().invoke(app, ["sweep", "--model", "baseline", "--seeds", "1-2", "--on", on])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: MLFLOW_TRACKING_URI=sqlite:")
@@ -281,100 +273,12 @@ def test_the_stages_never_import_ray():
 
 # --- slow: a real Ray cluster, git and DVC remotes, a tracking server ---------------------
 
-RAY = Path(sys.executable).parent / "ray"
-LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
-RAY_ENV = {  # keeps every Ray process on 127.0.0.1, and silent
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # else ray start resolves 127.0.0.1 away
-    # The head starts a client server per `ray://` connection; on a loaded 2-core machine its
-    # start can outlast Ray's 30 s default.
-    "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120",
-}
 TINY_SWEEP = {  # only `baseline`, 1 epoch, on 48 px images
     "split": {"train": 16, "validation": 6, "test": 6},
     "prepare": {"image_sizes": [48]},
     "train": {"baseline": {"image_size": 48, "epochs": 1, "batch_size": 8}},
     "pretrained": {"bases": {"vgg16": {"image_size": 48}, "efficientnet_lite0": None}},
 }
-
-
-def free_port() -> int:
-    return closed_port()
-
-
-class RayHead:
-    """`ray start --head` on 127.0.0.1 with its own temp dir (short: Ray's socket paths must
-    fit in 107 bytes), so its processes can be told apart from any other Ray's."""
-
-    def __init__(self):
-        self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
-        self.client_port = free_port()
-        self.env = {**os.environ, **RAY_ENV}
-        self.process = subprocess.Popen(
-            [str(RAY), "start", "--head", "--node-ip-address=127.0.0.1",
-             f"--port={free_port()}", f"--ray-client-server-port={self.client_port}",
-             "--include-dashboard=false", "--num-cpus=2", "--disable-usage-stats",
-             f"--temp-dir={self.temp}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
-        )  # fmt: skip
-
-    @property
-    def address(self) -> str:
-        return f"ray://127.0.0.1:{self.client_port}"
-
-    def wait_started(self, timeout: float = 60) -> None:
-        try:
-            output, _ = self.process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"ray start not done after {timeout} s")
-        assert self.process.returncode == 0, output
-
-    def processes(self) -> list:
-        """Every process of this cluster: those naming its temp dir, and their children."""
-        import psutil
-
-        found = {}
-        for proc in psutil.process_iter(["cmdline"]):
-            with contextlib.suppress(psutil.Error):
-                if str(self.temp) in " ".join(proc.info["cmdline"] or ()):
-                    found[proc.pid] = proc
-                    found.update((c.pid, c) for c in proc.children(recursive=True))
-        return list(found.values())
-
-    def listening(self) -> list[tuple[str, str, int]]:
-        """(process name, address, port) of every listening TCP socket of the cluster."""
-        import psutil
-
-        pids = {proc.pid: proc for proc in self.processes()}
-        sockets = []
-        for conn in psutil.net_connections("inet"):
-            if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
-                with contextlib.suppress(psutil.Error):
-                    sockets.append((pids[conn.pid].name(), conn.laddr.ip, conn.laddr.port))
-        return sockets
-
-    def assert_loopback_only(self) -> None:
-        sockets = self.listening()
-        names = {name for name, _, _ in sockets}
-        assert {"gcs_server", "raylet"} <= names, sockets
-        outside = [s for s in sockets if s[1] not in LOOPBACK]
-        assert not outside, f"Ray processes listening beyond 127.0.0.1: {outside}"
-
-    def client_logs(self) -> str:
-        """The tails of the head's Ray client server logs, for a failure message."""
-        logs = sorted((self.temp / "session_latest/logs").glob("ray_client_server*.err"))
-        return "\n".join(f"--- {p.name}\n" + p.read_text()[-3000:] for p in logs)
-
-    def stop(self) -> None:
-        import psutil
-
-        procs = self.processes()  # ours, by pid; then Ray's own stop for anything left
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(procs, timeout=10)
-        subprocess.run([str(RAY), "stop", "--force"], env=self.env, capture_output=True, timeout=60)
-        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def kill_when_training(seed: int, head: RayHead, sweep, timeout: float = 480) -> None:
@@ -422,7 +326,6 @@ def ray_head():
 )
 def test_sweep_on_a_real_ray_cluster_survives_a_killed_task(tmp_path, ray_head):
     from tests.helpers.project import tiny_project
-    from tests.helpers.servers import MlflowServer
 
     server = MlflowServer(tmp_path)  # starts while the project's data stages run
     try:

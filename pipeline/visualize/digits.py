@@ -24,10 +24,9 @@ from pipeline.core.params import Params
 def mnist_visualize(params: Params) -> dict[str, float]:
     from pipeline.data.mnist import load_digits
     from pipeline.models.model_io import load_keras
-    from pipeline.visualize import figures, filters
-    from pipeline.visualize.activations import activations
+    from pipeline.visualize import figures, filters, tracked_run
     from pipeline.visualize.anatomy import conv_layer_names
-    from pipeline.visualize.tracked_run import log_figures
+    from pipeline.visualize.stage import draw_activations
 
     chosen = catalog.mnist_settings(params).visualize
     target = catalog.mnist_model(
@@ -47,16 +46,7 @@ def mnist_visualize(params: Params) -> dict[str, float]:
     with atomic_dir(target.visualize_dir) as out:
         started = time.perf_counter()
         caption = f"test digit {index} (a {labels[index]})"
-        figures.picture_grid(
-            [rgb(images[index])], [caption], [False], target.name, out / "activations/00-input.png"
-        )
-        for number, (layer, activation) in enumerate(activations(model, images[index]).items(), 1):
-            h, w, c = activation.shape
-            figures.activation_grid(
-                activation,
-                f"{target.name}: {layer} ({h}x{w}, {c} channels) of {caption}",
-                out / f"activations/{number:02d}-{layer}.png",
-            )
+        draw_activations(target, model, images[index], caption, out, rgb(images[index]))
         seconds["activations"] = time.perf_counter() - started
         started = time.perf_counter()
         config = settings.filters
@@ -72,12 +62,7 @@ def mnist_visualize(params: Params) -> dict[str, float]:
                 out / f"filters/{layer}.png",
             )
         seconds["filters"] = time.perf_counter() - started
-    print(
-        f"mnist_visualize {target.name}: "
-        + ", ".join(f"{kind} {value:.1f} s" for kind, value in seconds.items())
-        + f"; wrote {target.visualize_dir}"
-    )
-    log_figures(target.stage, target.visualize_dir)
+    tracked_run.finish("mnist_visualize", target, seconds)
     return seconds
 
 

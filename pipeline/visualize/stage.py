@@ -70,7 +70,7 @@ def predict_test_set(
 def visualize(params: Params, name: str) -> dict[str, float]:
     """Draw every figure of one trained model, log them to its MLflow run; return the
     seconds each kind of figure took."""
-    from pipeline.visualize.tracked_run import log_figures
+    from pipeline.visualize import tracked_run
 
     target, settings = catalog.by_name(params, name), params.visualize
     started = time.perf_counter()
@@ -85,12 +85,7 @@ def visualize(params: Params, name: str) -> dict[str, float]:
     seconds = {"load": time.perf_counter() - started}
     with atomic_dir(target.visualize_dir) as out:
         seconds |= _draw_all(target, settings, (saved, model), (images, labels), patterns, out)
-    print(
-        f"visualize {name}: "
-        + ", ".join(f"{kind} {value:.1f} s" for kind, value in seconds.items())
-        + f"; wrote {target.visualize_dir}"
-    )
-    log_figures(target.stage, target.visualize_dir)
+    tracked_run.finish("visualize", target, seconds)
     return seconds
 
 
@@ -107,8 +102,10 @@ def _draw_all(
     draw_mistakes(target, gradcam, images, labels, p_dog, out, settings)
     seconds["mistakes"] = time.perf_counter() - started  # the predictions it needs included
     if not target.kind.pretrained:
+        index = settings.activation_image
+        caption = f"test image {index} ({CLASSES[labels[index]]})"
         seconds["activations"] = _timed(
-            draw_activations, target, model, images, labels, settings, out
+            draw_activations, target, model, images[index], caption, out
         )
     if patterns is not None:
         seconds["filters"] = _timed(draw_filters, target, *patterns, settings, out)
@@ -166,13 +163,13 @@ def draw_mistakes(
     return worst
 
 
-def draw_activations(target: TrainedModel, model, images, labels, settings, out: Path) -> None:
-    index = settings.activation_image
-    caption = f"test image {index} ({CLASSES[labels[index]]})"
+def draw_activations(target: TrainedModel, model, image, caption: str, out: Path, shown=None):
+    """The input picture (`shown`, default `image`) and every layer's activations of it."""
     figures.picture_grid(
-        [images[index]], [caption], [False], target.name, out / "activations/00-input.png"
-    )
-    for number, (layer, activation) in enumerate(activations(model, images[index]).items(), 1):
+        [image if shown is None else shown], [caption], [False], target.name,
+        out / "activations/00-input.png",
+    )  # fmt: skip
+    for number, (layer, activation) in enumerate(activations(model, image).items(), 1):
         h, w, c = activation.shape
         figures.activation_grid(
             activation,

@@ -32,6 +32,14 @@ def training_run(client, stage: str):
     return (same_repro or runs or [None])[0]
 
 
+def finish(command: str, target, seconds: dict[str, float]) -> None:
+    """The end of a visualize stage: one line of what each kind of figure took and where
+    they are, then the figures logged to the model's training run."""
+    timings = ", ".join(f"{kind} {value:.1f} s" for kind, value in seconds.items())
+    print(f"{command} {target.name}: {timings}; wrote {target.visualize_dir}")
+    log_figures(target.stage, target.visualize_dir)
+
+
 def log_figures(stage: str, folder: Path) -> str | None:
     """Log every file under `folder` to the training run of `stage`, under visualize/;
     return the run id, or None (said on stderr) when there is no such run."""

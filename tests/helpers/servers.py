@@ -1,20 +1,17 @@
-"""Servers the tests start on 127.0.0.1, and only there."""
+"""Servers the tests start on 127.0.0.1, and only there: the HTTP archive server here, the
+MLflow server and Ray head from benchmarks/services.py (the benchmarks use them too)."""
 
 from __future__ import annotations
 
 import http.server
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import pytest
-import requests
-
-MLFLOW = str(Path(sys.executable).parent / "mlflow")
+from benchmarks.services import (  # noqa: F401  (re-exported)
+    RAY_ENV,
+    MlflowServer,
+    RayHead,
+    free_port,
+)
 
 
 class ArchiveServer(http.server.ThreadingHTTPServer):
@@ -69,70 +66,3 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.connection.shutdown(2)  # a broken transfer, as the network does it
             return
         self.wfile.write(body)
-
-
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1 (sqlite backend, artifacts proxied by the server: the
-    default --serve-artifacts), in its own process group so that stopping it stops uvicorn."""
-
-    def __init__(self, root: Path):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.artifacts = root / "server-artifacts"
-        self.log = root / "server.log"
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                [
-                    MLFLOW,
-                    "server",
-                    "--backend-store-uri",
-                    f"sqlite:///{root / 'server.db'}",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--workers",
-                    "1",
-                    "--artifacts-destination",
-                    str(self.artifacts),
-                ],
-                cwd=root,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                # MLflow 3 also starts a job runner with 7 huey consumers: not needed here, and
-                # it doubles the start-up time on a loaded machine.
-                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            )
-
-    def healthy(self) -> bool:
-        try:
-            return requests.get(f"{self.url}/health", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def wait_healthy(self, timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.healthy():
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"mlflow server exited ({self.process.returncode}):\n{self.log.read_text()}"
-                )
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {timeout} s:\n{self.log.read_text()}")
-            time.sleep(1)
-
-    def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.process.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        self.process.wait(10)
