@@ -3,9 +3,12 @@ of a from-scratch convnet makes of one test image, channel by channel."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 
+from pipeline.visualize import figures
 from pipeline.visualize.anatomy import CONV_TYPES, POOL_TYPES, conv_owner, rebuild
 
 
@@ -25,3 +28,18 @@ def activations(model: keras.Model, image: np.ndarray) -> dict[str, np.ndarray]:
     return {
         name: np.asarray(output[0], np.float32) for name, output in zip(names, outputs, strict=True)
     }
+
+
+def draw_activations(target, model, image, caption: str, out: Path, shown=None):
+    """The input picture (`shown`, default `image`) and every layer's activations of it."""
+    figures.picture_grid(
+        [image if shown is None else shown], [caption], [False], target.name,
+        out / "activations/00-input.png",
+    )  # fmt: skip
+    for number, (layer, activation) in enumerate(activations(model, image).items(), 1):
+        h, w, c = activation.shape
+        figures.activation_grid(
+            activation,
+            f"{target.name}: {layer} ({h}x{w}, {c} channels) of {caption}",
+            out / f"activations/{number:02d}-{layer}.png",
+        )

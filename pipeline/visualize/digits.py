@@ -25,8 +25,8 @@ def mnist_visualize(params: Params) -> dict[str, float]:
     from pipeline.data.mnist import load_digits
     from pipeline.models.model_io import load_keras
     from pipeline.visualize import figures, filters, tracked_run
+    from pipeline.visualize.activations import draw_activations
     from pipeline.visualize.anatomy import conv_layer_names
-    from pipeline.visualize.stage import draw_activations
 
     chosen = catalog.mnist_settings(params).visualize
     target = catalog.mnist_model(

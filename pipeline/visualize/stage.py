@@ -29,7 +29,7 @@ from pipeline.data.prepare import load_prepared
 from pipeline.models.model_io import load_keras
 from pipeline.serving.inference import predicted_labels
 from pipeline.visualize import figures, filters
-from pipeline.visualize.activations import activations
+from pipeline.visualize.activations import draw_activations
 from pipeline.visualize.anatomy import conv_layer_names, head_after_base
 from pipeline.visualize.gradcam import GradCam, upsample
 from pipeline.visualize.mistakes import balanced_sample, losses, worst_mistakes
@@ -161,21 +161,6 @@ def draw_mistakes(
         out / "mistakes.png",
     )
     return worst
-
-
-def draw_activations(target: TrainedModel, model, image, caption: str, out: Path, shown=None):
-    """The input picture (`shown`, default `image`) and every layer's activations of it."""
-    figures.picture_grid(
-        [image if shown is None else shown], [caption], [False], target.name,
-        out / "activations/00-input.png",
-    )  # fmt: skip
-    for number, (layer, activation) in enumerate(activations(model, image).items(), 1):
-        h, w, c = activation.shape
-        figures.activation_grid(
-            activation,
-            f"{target.name}: {layer} ({h}x{w}, {c} channels) of {caption}",
-            out / f"activations/{number:02d}-{layer}.png",
-        )
 
 
 def pattern_source(params: Params, target: TrainedModel, model) -> tuple[keras.Model, list] | None:
