@@ -89,7 +89,14 @@ class LocalCluster:
         except RuntimeError as exc:
             self.stop()
             raise SystemExit(str(exc)) from None
-        self.tracking_uri, self.address = self.server.url, self.head.address
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.server.url
+
+    @property
+    def address(self) -> str:
+        return self.head.address
 
     def publish(self, project: Path) -> None:
         """The project's commit on a bare git remote, its DVC outputs on a local remote."""
