@@ -59,6 +59,9 @@ def pytest_addoption(parser):
     )
 
 
+# tryfirst: xdist's worker reads the xdist_group marks in its own pytest_collection_modifyitems,
+# which otherwise runs before this one and sees none
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--reverse"):
         items.reverse()
