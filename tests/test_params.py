@@ -47,6 +47,10 @@ def test_bare_on_and_off_mean_the_switch_not_a_boolean(tmp_path):
             "train.baseline.image_size: Input should be greater than or equal to 46",
         ),
         ({"train": {"augmented": {"learning_rate": 0}}}, "train.augmented.learning_rate"),
+        (
+            {"train": {"finetune": {"cached_copies": -1}}},
+            "train.finetune.cached_copies: Input should be greater than or equal to 0 (got -1)",
+        ),
         ({"split": {"order": "random"}}, "split.order: Input should be 'book' or 'shuffle'"),
         ({"data": {"sha256": "abc"}}, "data.sha256"),
         (
@@ -128,9 +132,15 @@ def test_experiment_args_files_give_valid_params_without_vgg16(tmp_path, name):
     params = load_params(tmp_path / "params.yaml")
     assert list(params.pretrained.bases) == ["efficientnet_lite0"]
     book = load_params(ROOT / "params.yaml")
-    if name == "fast":  # the book's schedule: only frozen_aug's fast path differs
-        assert params.train.model_copy(update={"frozen_aug": book.train.frozen_aug}) == book.train
+    if name == "fast":  # the book's schedule: only the fast paths of frozen_aug and finetune
+        fast_paths = ("frozen_aug", "finetune")
+        for model in fast_paths:
+            settings, books = getattr(params.train, model), getattr(book.train, model)
+            assert settings.model_copy(update={"cached_copies": 0}) == books
+        book_ones = {model: getattr(book.train, model) for model in fast_paths}
+        assert params.train.model_copy(update=book_ones) == book.train
         assert params.train.frozen_aug.cached_copies == book.train.frozen_aug.epochs
+        assert params.train.finetune.cached_copies == 30
     else:
         assert all(getattr(params.train, m).epochs <= 2 for m in ("baseline", "augmented"))
 

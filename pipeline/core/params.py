@@ -139,7 +139,7 @@ class FrozenAugParams(FitParams):
 
 
 class FinetuneParams(FitParams):
-    pass
+    cached_copies: NonNegativeInt = 0
 
 
 # YAML 1.1 (PyYAML) reads a bare on/off as a boolean; DVC's YAML 1.2 reads a string. Take both.

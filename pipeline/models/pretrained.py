@@ -101,6 +101,56 @@ def unfreeze_from(model: keras.Model, base_name: str, first_layer: str) -> None:
             layer.trainable = False
 
 
+def split_at(
+    model: keras.Model, base_name: str, first_layer: str
+) -> tuple[keras.Model, keras.Model]:
+    """`model` (a frozen_base_model) cut where its base reaches `first_layer`: (bottom, top).
+
+    bottom: pixels -> preprocessing -> the base below `first_layer` (no augmentation);
+    top: the activations there -> the rest of the base -> pooling -> the Dense layers.
+    Both call `model`'s own layers, so training the top trains `model`; the batch norms
+    stay as unfreeze_from left them."""
+    base = model.get_layer(base_name)
+    cut = base.get_layer(first_layer).input
+    try:
+        # Keras 3 builds a model between intermediate tensors by cloning the graph's nodes
+        # onto a new Input: only that Input is new, every layer (and weight) is shared.
+        below, above = keras.Model(base.input, cut), keras.Model(cut, base.output)
+    except ValueError:  # "not connected": a layer above the cut reads a tensor below it
+        raise PipelineError(
+            f"pretrained.bases.{base_name}.finetune_from: {first_layer!r} is inside a residual "
+            f"block of {base_name}; train.finetune.cached_copies needs a layer that starts one "
+            "(or set cached_copies to 0)"
+        ) from None
+    activations = keras.Input(cut.shape[1:], dtype=cut.dtype, name="activations")
+    x = above(activations)
+    for layer in model.layers[model.layers.index(base) + 1 :]:  # pooling, Dense layers
+        x = layer(x)
+    top = keras.Model(activations, x, name=f"{model.name}_top")
+    return _on_pixels(model, base_name, below), top
+
+
+def folded_bottom(model: keras.Model, base_name: str, first_layer: str) -> keras.Model:
+    """split_at's bottom as a faster inference-only copy (bases.py for_inference: Lite0's
+    batch norms folded into its convs, the same activations to 1e-4), in the current dtype
+    policy; split_at's own bottom where the copy has no `first_layer` (a batch norm)."""
+    base = BASES[base_name].for_inference(model.get_layer(base_name))
+    if first_layer not in {layer.name for layer in base.layers}:
+        return split_at(model, base_name, first_layer)[0]
+    below = keras.Model(base.input, base.get_layer(first_layer).input)
+    return _on_pixels(model, base_name, below)
+
+
+def _on_pixels(model: keras.Model, base_name: str, below: keras.Model) -> keras.Model:
+    """Pixels -> `model`'s preprocessing -> `below`, skipping its augmentation."""
+    # frozen_base_model is a chain: pixels, augmentation, preprocessing, base, pooling, Dense
+    pixels = keras.Input(model.input_shape[1:], name="pixels")
+    x = pixels
+    for layer in model.layers[1 : model.layers.index(model.get_layer(base_name))]:
+        x = x if layer.name == "augmentation" else layer(x)
+    return keras.Model(pixels, below(x), name=f"{model.name}_bottom")
+
+
 def with_head(model: keras.Model, head: keras.Model) -> keras.Model:
     """`model` (a frozen_base_model) with the Dense weights of `head` (a dense_head of the
     same sizes, trained on cached features)."""
