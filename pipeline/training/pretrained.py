@@ -156,20 +156,15 @@ def _feature_extractor(params: Params, base: str):
 def _augmented_features(params: Params, base: str, images, copies: int):
     """Features of `copies` augmented passes over the training set, and of the clean
     validation and test sets, through the frozen base."""
-    from pipeline.data.dataset import make_dataset
     from pipeline.models.augment import augmentation
     from pipeline.models.pretrained import extract_features
 
     extractor = _feature_extractor(params, base)
     augment = augmentation(params.augmentation, params.train.seed)
     x_train, y_train = images.train
-    train_features = []
-    for copy in range(copies):
-        print(f"augmented copy {copy + 1}/{copies} through {base}")
-        dataset = make_dataset(x_train, y_train, 32).map(lambda x, y: augment(x, training=True))
-        train_features.append(extractor.predict(dataset, verbose=2).astype(np.float32))
+    features = _augmented_passes(extractor, augment, x_train, copies, base, np.float32)
     return Splits(
-        (np.concatenate(train_features), np.tile(y_train, copies)),
+        (features, np.tile(y_train, copies)),
         (extract_features(extractor, images.validation[0]), images.validation[1]),
         (extract_features(extractor, images.test[0]), images.test[1]),
     )
@@ -197,12 +192,8 @@ def _bottom_activations(network, base: str, first_unfrozen: str, images, copies:
     keras.mixed_precision.set_global_policy(policy)
     fast = folded_bottom(network, base, first_unfrozen)
     augment = network.get_layer("augmentation")
-    (x_train, y_train), n = images.train, len(images.train[0])
-    activations = np.empty((copies * n, *fast.output_shape[1:]), fast.outputs[0].dtype)
-    for copy in range(copies):  # filled in place: a list then np.concatenate holds it twice
-        print(f"augmented copy {copy + 1}/{copies} through {base}")
-        dataset = make_dataset(x_train, y_train, 32).map(lambda x, y: augment(x, training=True))
-        activations[copy * n : (copy + 1) * n] = fast.predict(dataset, verbose=2)
+    x_train, y_train = images.train
+    activations = _augmented_passes(fast, augment, x_train, copies, base, fast.outputs[0].dtype)
 
     def clean(split):
         x, y = split
@@ -210,3 +201,17 @@ def _bottom_activations(network, base: str, first_unfrozen: str, images, copies:
 
     training = (activations, np.tile(y_train, copies))
     return Splits(training, clean(images.validation), clean(images.test))
+
+
+def _augmented_passes(model, augment, images, copies: int, base: str, dtype) -> np.ndarray:
+    """`model`'s outputs, as `dtype`, on `copies` augmented passes over `images` (through
+    `augment`, training=True): the cached copies of both fast paths."""
+    from pipeline.data.dataset import make_dataset
+
+    n = len(images)
+    outputs = np.empty((copies * n, *model.output_shape[1:]), dtype)
+    for copy in range(copies):  # filled in place: a list then np.concatenate holds it twice
+        print(f"augmented copy {copy + 1}/{copies} through {base}")
+        dataset = make_dataset(images, np.zeros(n), 32).map(lambda x, y: augment(x, training=True))
+        outputs[copy * n : (copy + 1) * n] = model.predict(dataset, verbose=2)
+    return outputs

@@ -43,9 +43,8 @@ def build_once(root: Path) -> None:
         if (root / "result.json").exists():
             return
         # a builder killed mid-build (its worker interrupted) leaves a partial project
-        for partial in ("project", "sample.zip"):
-            shutil.rmtree(root / partial, ignore_errors=True)
-            (root / partial).unlink(missing_ok=True)
+        shutil.rmtree(root / "project", ignore_errors=True)
+        (root / "sample.zip").unlink(missing_ok=True)
         project = tiny_project(root, BUILD_PATCH)
         result = run(["dvc", "repro"], project, check=False)
         (root / "first-repro.log").write_text(result.stdout + result.stderr)
