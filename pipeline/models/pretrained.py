@@ -7,6 +7,7 @@ import numpy as np
 
 from pipeline.core.errors import PipelineError
 from pipeline.models.bases import BASES, load_base
+from pipeline.models.depthwise import float32_backward
 
 
 def _pool(pooling: str) -> keras.layers.Layer:
@@ -81,7 +82,8 @@ def frozen_base_model(
 
 def unfreeze_from(model: keras.Model, base_name: str, first_layer: str) -> None:
     """Make the base trainable from `first_layer` on (the book: block5_conv1); all before it
-    stays frozen, and so does every batch-norm layer."""
+    stays frozen, and so does every batch-norm layer. Depthwise convolutions from there on
+    take their gradients in float32 under bfloat16 (depthwise.py)."""
     base = model.get_layer(base_name)
     names = [layer.name for layer in base.layers]
     if first_layer not in names:
@@ -99,6 +101,8 @@ def unfreeze_from(model: keras.Model, base_name: str, first_layer: str) -> None:
     for layer in base.layers[start:]:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            float32_backward(layer)  # bfloat16's CPU kernels for its gradients are slow
 
 
 def split_at(
