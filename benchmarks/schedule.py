@@ -7,26 +7,27 @@ In a fresh git + DVC copy of the project (workspace.py) with `data.source` set t
 archive and the params of `--args` (an experiments/*.args file, as `dvc exp run $(cat F)`
 reads it) and any `-S`:
 1. the matmul limit of this machine, float32 and bfloat16, measured first;
-2. every stage `dvc repro` would run, in its order (`dvc repro --dry`), each as
+2. every stage, in dvc.yaml's order (upstream first), each as
    `dvc repro --single-item <stage>`: wall seconds, peak RSS of the stage's process tree,
    and for a training stage its test accuracy beside the book's;
 3. the schedule's time from prepared data (every stage after `prepare`) against the
    target, 30 minutes where bfloat16 matmuls reach 800 GFLOP/s, scaled by the limit
    measured here (a machine half as fast gets 60 minutes).
-Figures go to reports/benchmark-schedule.md (and .json) and to stdout. Nothing asserts.
+Figures go to reports/benchmark-schedule.md (and .json) and to stdout; `--keep` keeps the
+project (benchmarks/finetune_accuracy.py starts from it). Nothing asserts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmark import matmul_gflops
 from repro import command, make_benchmark_project, write_figures
 from workspace import args_file_assignments, run
 
@@ -39,10 +40,26 @@ BOOK = {"baseline": 0.70, "augmented": 0.82, "features": 0.90, "frozen_aug": 0.9
 DATA_STAGES = ("download", "split", "prepare")
 
 
+def matmul_limit() -> dict:
+    """benchmark.py's matmul limit, float32 and bfloat16, measured in a process of its own:
+    TensorFlow loaded here would count in every stage's peak RSS (a fork starts with it)."""
+    code = (
+        "import json; from benchmark import matmul_gflops; "
+        "print(json.dumps({d: matmul_gflops(d) for d in ('float32', 'bfloat16')}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, check=True,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    return json.loads(out.splitlines()[-1])
+
+
 def stages_in_order(project: Path) -> list[str]:
-    """What `dvc repro` would run, in its order."""
-    dry = run(["dvc", "repro", "--dry"], project).stdout
-    return re.findall(r"^Running stage '([^']+)'", dry, re.M)
+    """Every stage, upstream first (`dvc repro --dry` needs the data): dvc.yaml's order, but
+    the pretrained base's stages before the from-scratch convnets' (an interrupted run has
+    measured the new fast paths first)."""
+    stages = run(["dvc", "stage", "list", "--name-only"], project).stdout.split()
+    first = [s for s in stages if s.startswith(DATA_STAGES)]
+    pretrained = [s for s in stages if "@" in s and s not in first and "visualize" not in s]
+    return first + pretrained + [s for s in stages if s not in first + pretrained]
 
 
 def test_accuracy(project: Path, stage: str) -> float | None:
@@ -106,12 +123,13 @@ def main() -> None:
         "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "reports/benchmark-schedule.md")
+    parser.add_argument("--keep", action="store_true", help="keep the project; print its path")
     args = parser.parse_args()
     if not args.archive.is_file():
         raise SystemExit(f"{args.archive} not found: pass --archive")
 
     assignments = [*args_file_assignments(args.args), *args.overrides]
-    limit = {dtype: matmul_gflops(dtype) for dtype in ("float32", "bfloat16")}
+    limit = matmul_limit()
     print(f"matmul limit: {limit}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="benchmark-schedule-"))
     project = make_benchmark_project(work, args.archive, assignments)
@@ -128,7 +146,10 @@ def main() -> None:
         "target_seconds": round(TARGET_S * TARGET_GFLOPS / limit["bfloat16"], 1),
     }
     write_figures(args.out, figures, markdown(figures))
-    shutil.rmtree(work, ignore_errors=True)
+    if args.keep:
+        print(f"kept {project}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,20 @@ changes, and nothing of it is saved: the layer's class, config and weights stay 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
 
 def float32_backward(layer: keras.layers.DepthwiseConv2D) -> bool:
-    """Route `layer`'s gradients through float32 where it computes in bfloat16 (channels
-    last, no dilation: what TensorFlow's own kernels cover). True if it did."""
+    """Route `layer`'s gradients through float32 where it computes in bfloat16 on
+    TensorFlow (channels last, no dilation: what its own kernels cover). True if it did."""
     if (
-        layer.compute_dtype != "bfloat16"
+        keras.backend.backend() != "tensorflow"  # JAX and torch choose their own kernels
+        or layer.compute_dtype != "bfloat16"
         or layer.data_format != "channels_last"
         or tuple(layer.dilation_rate) != (1, 1)
     ):
         return False
+    import tensorflow as tf
+
     strides = (1, *layer.strides, 1)
     padding = layer.padding.upper()
 
