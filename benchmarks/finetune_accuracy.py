@@ -14,13 +14,13 @@ accuracy and the training seconds of both. Not a test: nothing asserts.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from repro import metrics_of, timing_of
 from workspace import command_env, dotted_patch, update_params
 
 
@@ -30,9 +30,10 @@ def finetune(project: Path, base: str, copies: int) -> dict:
         [sys.executable, "-m", "pipeline", "train", "finetune", "--base", base],
         cwd=project, env=command_env(), check=True,
     )  # fmt: skip
-    name = f"finetune-{base}"
-    metrics = json.loads((project / f"reports/metrics/{name}.json").read_text())[name]
-    timing = json.loads((project / f"reports/timing/{name}.json").read_text())
+    metrics, timing = (
+        metrics_of(project, f"finetune-{base}"),
+        timing_of(project, f"finetune-{base}"),
+    )
     return {
         "test_accuracy": round(metrics["test_accuracy"], 4),
         "best_val_accuracy": round(metrics["best_val_accuracy"], 4),

@@ -28,11 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from repro import command, make_benchmark_project, write_figures
+from repro import DEFAULT_ARCHIVE, ROOT, command, make_benchmark_project, metrics_of, write_figures
 from workspace import args_file_assignments, run
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ARCHIVE = ROOT.parent / "shared/data/dogs-vs-cats-6000.zip"
 TARGET_S, TARGET_GFLOPS = 30 * 60, 800.0  # issue 22: 30 minutes at the README machine's limit
 # The book's test accuracies (Deep Learning with Python, 1st ed., ch. 5; VGG16 for the
 # pretrained ones: this schedule runs EfficientNet-Lite0, whose weights are offline here)
@@ -62,13 +60,15 @@ def stages_in_order(project: Path) -> list[str]:
     return first + pretrained + [s for s in stages if s not in first + pretrained]
 
 
-def test_accuracy(project: Path, stage: str) -> float | None:
-    """A training stage's test accuracy (reports/metrics/<model>.json), else None."""
+def test_accuracy_of(project: Path, stage: str) -> float | None:
+    """A training stage's test accuracy (repro.metrics_of), else None."""
     name = stage.replace("@", "-")
-    metrics = project / f"reports/metrics/{name}.json"
-    if stage.startswith(("visualize", "report")) or not metrics.is_file():
+    if (
+        stage.startswith(("visualize", "report"))
+        or not (project / f"reports/metrics/{name}.json").is_file()
+    ):
         return None
-    return json.loads(metrics.read_text())[name]["test_accuracy"]
+    return metrics_of(project, name)["test_accuracy"]
 
 
 def run_schedule(project: Path) -> dict:
@@ -76,7 +76,7 @@ def run_schedule(project: Path) -> dict:
     for stage in stages_in_order(project):
         result = command(["dvc", "repro", "--single-item", stage], project)
         row = {k: result[k] for k in ("seconds", "peak_rss_mb")}
-        if (accuracy := test_accuracy(project, stage)) is not None:
+        if (accuracy := test_accuracy_of(project, stage)) is not None:
             row["test_accuracy"] = round(accuracy, 4)
             row["book"] = BOOK[stage.split("@")[0]]
         stages[stage] = row
