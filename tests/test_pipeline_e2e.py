@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.files import read_metrics
-from pipeline.training.precision import choose, this_cpu_flags
 from tests.helpers.project import ONLY_VGG16, ran_stages, run, update_params
 
 pytestmark = pytest.mark.slow
@@ -95,8 +94,11 @@ def test_run_tags_make_runs_comparable(project, name):
     base = name.split("-", 1)[1] if "-" in name else "none"
     assert tags["base"] == base
     assert tags["image_size"] == ("48" if base == "none" else "32")
-    # mixed_precision: auto, decided from this machine's CPU flags
-    assert (tags["precision"], tags["precision_reason"]) == choose("auto", 0, this_cpu_flags())
+    # mixed_precision: on (tests/helpers/trained.py): bfloat16 on a CPU, whatever its units
+    assert (tags["precision"], tags["precision_reason"]) == (
+        "mixed_bfloat16",
+        "mixed_precision: on, CPU: bfloat16",
+    )
 
 
 @pytest.mark.parametrize("name", MODELS)

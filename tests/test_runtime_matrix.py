@@ -4,8 +4,11 @@ mixed precision, mirrored over two devices) and on a CPU (float32 or bfloat16, n
 CPUs run all of them: XLA compiles for CPUs, float16 is emulated (slow, correct), and two
 logical CPUs stand in for two GPUs. PIPELINE_AUTO_AS_GPUS makes `auto` decide as with GPUs.
 Each combination trains the five models of one tiny synthetic project in one fresh process
-(tests/runtime_matrix_worker.py), through the stage functions `dvc repro` runs; each saved
-model is then loaded afresh and must score the test split exactly as the trained one did.
+(tests/helpers/runtime_matrix_worker.py), through the stage functions `dvc repro` runs; each
+saved model is then loaded afresh and must score the test split exactly as the trained one did.
+The CPU's bfloat16 combination is the test run's trained project (tests/helpers/trained.py
+trains it with `mixed_precision: on`): every model of both bases, by `dvc repro`, is checked
+the same way here, so no worker trains it a second time.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.core.files import read_metrics
 from tests.helpers.project import ONLY_VGG16, run, tiny_project, update_params
+from tests.helpers.runtime_matrix_worker import reloaded_scores
+from tests.helpers.trained import BUILD_PATCH
 
 pytestmark = pytest.mark.slow
 
@@ -51,13 +57,13 @@ COMBINATIONS = {
         SHORT,
         {"jit_compile": False, "precision": "float32", "replicas": "1"},
     ),
-    "cpu-bfloat16": (
-        {},
-        {"mixed_precision": "on"},
-        SHORT,
-        {"jit_compile": False, "precision": "mixed_bfloat16", "replicas": "1"},
-    ),
 }
+# The trained project's: its runs are checked by test_the_trained_project_is_the_bfloat16_cpu_one
+CPU_BFLOAT16 = {"jit_compile": False, "precision": "mixed_bfloat16", "replicas": "1"}
+BASES = ("vgg16", "efficientnet_lite0")
+BUILT_MODELS = ["baseline", "augmented"] + [
+    f"{m}-{b}" for m in ("features", "frozen_aug", "finetune") for b in BASES
+]
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +127,30 @@ def test_model_trains_saves_and_reloads(trained, combination, model):
         expected["jit_compile"],
         expected["precision"],
     )
+    assert_runs_and_reloads_as_trained(project, model, expected, result["reloaded"])
+    if length is LONG:
+        metrics = result["metrics"]
+        assert metrics["test_accuracy"] >= 0.75, metrics  # 16 test images; chance is 0.5
+
+
+@pytest.mark.parametrize("model", BUILT_MODELS)
+def test_the_trained_project_is_the_bfloat16_cpu_one(trained_project, model):
+    assert BUILD_PATCH["train"]["runtime"]["mixed_precision"] == "on"
+    project = trained_project.project
+    image_size = None if model.startswith("features-") else 48 if "-" not in model else 32
+    reloaded = reloaded_scores(project, model, image_size)
+    assert_runs_and_reloads_as_trained(project, model, CPU_BFLOAT16, reloaded)
+
+
+def assert_runs_and_reloads_as_trained(project: Path, model: str, expected: dict, reloaded: dict):
+    """The run's tags say where it trained, and the model reloaded afresh from its .keras
+    file predicts what the trained one did: same classes, same loss."""
     tags = mlflow_tags(project, model)
     assert (tags["precision"], tags["replicas"]) == (expected["precision"], expected["replicas"])
-    metrics, reloaded = result["metrics"], result["reloaded"]
-    # The saved model predicts what the trained one did: same classes, same loss.
-    assert (
-        reloaded["confusion_matrix"]
-        == json.loads((project / f"reports/details/{model}.json").read_text())["confusion_matrix"]
-    )
+    assert tags["jit_compile"] == str(expected["jit_compile"]).lower()
+    assert reloaded["jit_compile"] == expected["jit_compile"]
+    details = json.loads((project / f"reports/details/{model}.json").read_text())
+    assert reloaded["confusion_matrix"] == details["confusion_matrix"]
+    metrics = read_metrics(project / f"reports/metrics/{model}.json")
     assert reloaded["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-4)
     assert reloaded["test_loss"] == pytest.approx(metrics["test_loss"], abs=2e-4)
-    if length is LONG:
-        assert metrics["test_accuracy"] >= 0.75, metrics  # 16 test images; chance is 0.5

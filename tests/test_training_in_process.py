@@ -161,6 +161,7 @@ def test_train_run_writes_every_output(trained, name):
 @pytest.mark.parametrize("name", MODELS)
 def test_train_run_is_one_mlflow_run_with_params_curves_scores_and_model(trained, name):
     from pipeline.core.files import sha256_of
+    from pipeline.training.precision import choose, this_cpu_flags
 
     run = run_of(trained, name)
     assert run.info.status == "FINISHED"
@@ -172,6 +173,9 @@ def test_train_run_is_one_mlflow_run_with_params_curves_scores_and_model(trained
     assert steps == list(range(1, FIT["epochs"] + 1))
     tags = run.data.tags
     assert (tags["dvc.stage"], tags["base"], tags["image_size"]) == (name, "none", "48")
+    # mixed_precision: auto, decided from this machine's CPU flags; no XLA on a CPU
+    assert (tags["precision"], tags["precision_reason"]) == choose("auto", 0, this_cpu_flags())
+    assert (tags["jit_compile"], tags["replicas"]) == ("false", "1")
     experiment = trained.client.get_experiment_by_name("dogs-vs-cats").experiment_id
     logged = trained.client.search_logged_models(
         [experiment], f"source_run_id = '{run.info.run_id}'"

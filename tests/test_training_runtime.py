@@ -61,16 +61,6 @@ def test_mirrored_strategy_on_two_logical_cpus(project):
     assert runs[-1].data.metrics["test_accuracy"] >= 0.75  # it learns when split over two devices
 
 
-def test_mixed_precision_on_a_cpu_trains_in_bfloat16(project):
-    """float16 is emulated on a CPU; `on` means bfloat16 there, and the model still learns."""
-    with params_patched(project, {"train": {"runtime": {"mixed_precision": "on"}, **TWO_PASSES}}):
-        run([sys.executable, "-m", "pipeline", "train", "baseline"], project)
-    _, runs = runs_of(project, "baseline")
-    assert runs[-1].data.tags["precision"] == "mixed_bfloat16"
-    assert runs[-1].data.tags["precision_reason"] == "mixed_precision: on, CPU: bfloat16"
-    assert runs[-1].data.metrics["test_accuracy"] >= 0.75
-
-
 def start_stage(project):
     """`dvc repro baseline` in the background; return it and the training process under it."""
     # SHELL=/bin/sh as on CI, where DVC's shell stays between it and the trainer.

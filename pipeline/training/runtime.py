@@ -92,5 +92,6 @@ def describe(runtime: Runtime) -> dict[str, str]:
         "replicas": str(runtime.strategy.num_replicas_in_sync),
         "precision": runtime.precision,
         "precision_reason": runtime.precision_reason,
+        "jit_compile": str(runtime.jit_compile).lower(),  # XLA: what the runs compare
         "gpus": str(len(_gpus())),
     }

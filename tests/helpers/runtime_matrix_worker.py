@@ -20,33 +20,40 @@ from pathlib import Path
 BASE = "vgg16"  # random weights: no download, and its small image size keeps it cheap
 
 
-def test_split(image_size: int | None):
+def test_split(project: Path, base: str, image_size: int | None):
     """Test inputs and labels: prepared pixels, or (None) the base's cached features."""
     import numpy as np
 
     from pipeline.data.prepare import load_prepared
 
     if image_size:
-        return load_prepared(image_size, "test")
-    with np.load(f"data/features/{BASE}/test.npz") as arrays:
+        return load_prepared(image_size, "test", root=project / "data/prepared")
+    with np.load(project / f"data/features/{base}/test.npz") as arrays:
         return arrays["features"], arrays["labels"]
 
 
-def reloaded_scores(name: str, image_size: int | None) -> dict:
-    """Test loss, accuracy and confusion matrix of models/NAME.keras, loaded afresh."""
+def reloaded_scores(project: Path, name: str, image_size: int | None) -> dict:
+    """Test loss, accuracy and confusion matrix of PROJECT/models/NAME.keras, loaded afresh
+    (also by tests/test_runtime_matrix.py, in its own process, for the trained project)."""
     import keras
     import numpy as np
 
     import pipeline.models  # noqa: F401  registers the custom layers
     from pipeline.data.dataset import make_dataset
 
-    inputs, labels = test_split(image_size)
-    model = keras.models.load_model(f"models/{name}.keras")
+    base = name.split("-", 1)[1] if "-" in name else BASE
+    inputs, labels = test_split(project, base, image_size)
+    model = keras.models.load_model(project / f"models/{name}.keras")
     loss, accuracy = model.evaluate(make_dataset(inputs, labels, 8), verbose=0)
     predicted = (model.predict(inputs, batch_size=8, verbose=0).ravel() > 0.5).astype(int)
     confusion = np.zeros((2, 2), dtype=int)
     np.add.at(confusion, (labels.ravel().astype(int), predicted), 1)
-    return {"test_loss": loss, "test_accuracy": accuracy, "confusion_matrix": confusion.tolist()}
+    return {
+        "test_loss": loss,
+        "test_accuracy": accuracy,
+        "confusion_matrix": confusion.tolist(),
+        "jit_compile": bool(model.jit_compile),
+    }
 
 
 def main(out: Path) -> None:
@@ -72,7 +79,8 @@ def main(out: Path) -> None:
     for name, (train, image_size) in steps.items():
         try:
             metrics = train()
-            results[name] = {"metrics": metrics, "reloaded": reloaded_scores(name, image_size)}
+            reloaded = reloaded_scores(Path.cwd(), name, image_size)
+            results[name] = {"metrics": metrics, "reloaded": reloaded}
         except Exception:
             results[name] = {"error": traceback.format_exc()}
     out.write_text(json.dumps(results, indent=2, default=str))

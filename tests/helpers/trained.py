@@ -30,8 +30,10 @@ from pathlib import Path
 
 from tests.helpers.project import ROOT, TrainedProject, copy_project, run, tiny_project
 
-# deterministic: a forced rerun must write the same bytes (test_reproducible_bytes.py)
-BUILD_PATCH = {"train": {"runtime": {"deterministic": True}}}
+# deterministic: a forced rerun must write the same bytes (test_reproducible_bytes.py);
+# mixed_precision on: bfloat16 on any CPU, so the build is also the runtime matrix's CPU
+# bfloat16 combination (tests/test_runtime_matrix.py)
+BUILD_PATCH = {"train": {"runtime": {"deterministic": True, "mixed_precision": "on"}}}
 BUILD_TIMEOUT_S = 3600
 
 
