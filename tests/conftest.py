@@ -94,7 +94,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _module_fixture_group(item) -> str | None:
-    """Under `pytest -n 2 --dist loadgroup` (README: tests), the tests of a module that share a
+    """Under `pytest -n N --dist loadgroup` (README: tests), the tests of a module that share a
     module-scoped fixture (its own trained model, say) run on one worker, so it is built
     once; the rest spread over the workers. The session's trained project is built once
     for every worker (tests/helpers/trained.py), so its readers need no group."""
