@@ -137,7 +137,9 @@ def test_model_trains_saves_and_reloads(trained, combination, model):
 def test_the_trained_project_is_the_bfloat16_cpu_one(trained_project, model):
     assert BUILD_PATCH["train"]["runtime"]["mixed_precision"] == "on"
     project = trained_project.project
-    image_size = None if model.startswith("features-") else 48 if "-" not in model else 32
+    # what it was trained on: its base's cached features, or photos of its run's image_size
+    features = model.startswith("features-")
+    image_size = None if features else int(mlflow_tags(project, model)["image_size"])
     reloaded = reloaded_scores(project, model, image_size)
     assert_runs_and_reloads_as_trained(project, model, CPU_BFLOAT16, reloaded)
 
