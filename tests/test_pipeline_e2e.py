@@ -14,14 +14,18 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.files import read_metrics
-from tests.helpers.project import ONLY_VGG16, ran_stages, run, update_params
+from tests.helpers.project import (
+    ONLY_VGG16,
+    TINY_BASES,
+    TINY_MODELS,
+    ran_stages,
+    run,
+    update_params,
+)
 
 pytestmark = pytest.mark.slow
 
-BASES = ("vgg16", "efficientnet_lite0")
-MODELS = ["baseline", "augmented"] + [
-    f"{m}-{b}" for m in ("features", "frozen_aug", "finetune") for b in BASES
-]
+BASES, MODELS = TINY_BASES, TINY_MODELS
 VISUALIZE_STAGES = ["visualize@baseline", "visualize@augmented"] + [
     f"visualize_{m}@{b}" for m in ("features", "frozen_aug", "finetune") for b in BASES
 ]

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.files import read_metrics
-from tests.helpers.project import ONLY_VGG16, run, tiny_project, update_params
+from tests.helpers.project import ONLY_VGG16, TINY_MODELS, run, tiny_project, update_params
 from tests.helpers.runtime_matrix_worker import reloaded_scores
 from tests.helpers.trained import BUILD_PATCH
 
@@ -60,10 +60,6 @@ COMBINATIONS = {
 }
 # The trained project's: its runs are checked by test_the_trained_project_is_the_bfloat16_cpu_one
 CPU_BFLOAT16 = {"jit_compile": False, "precision": "mixed_bfloat16", "replicas": "1"}
-BASES = ("vgg16", "efficientnet_lite0")
-BUILT_MODELS = ["baseline", "augmented"] + [
-    f"{m}-{b}" for m in ("features", "frozen_aug", "finetune") for b in BASES
-]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +129,7 @@ def test_model_trains_saves_and_reloads(trained, combination, model):
         assert metrics["test_accuracy"] >= 0.75, metrics  # 16 test images; chance is 0.5
 
 
-@pytest.mark.parametrize("model", BUILT_MODELS)
+@pytest.mark.parametrize("model", TINY_MODELS)
 def test_the_trained_project_is_the_bfloat16_cpu_one(trained_project, model):
     assert BUILD_PATCH["train"]["runtime"]["mixed_precision"] == "on"
     project = trained_project.project

@@ -48,6 +48,11 @@ TINY_PARAMS = {
     },
 }
 ONLY_VGG16 = {"pretrained": {"bases": {"efficientnet_lite0": None}}}
+TINY_BASES = tuple(TINY_PARAMS["pretrained"]["bases"])
+# the models `dvc repro` of a project on TINY_PARAMS trains, by run name
+TINY_MODELS = ["baseline", "augmented"] + [
+    f"{m}-{b}" for m in ("features", "frozen_aug", "finetune") for b in TINY_BASES
+]
 
 
 def tiny_project(root: Path, patch: dict | None = None, per_class: int = 50, size: int = 64):
