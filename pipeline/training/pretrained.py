@@ -205,13 +205,14 @@ def _bottom_activations(network, base: str, first_unfrozen: str, images, copies:
 
 def _augmented_passes(model, augment, images, copies: int, base: str, dtype) -> np.ndarray:
     """`model`'s outputs, as `dtype`, on `copies` augmented passes over `images` (through
-    `augment`, training=True): the cached copies of both fast paths."""
+    `augment`, training=True): the cached copies of both fast paths. One dataset serves
+    every pass: the layer draws afresh each time (its seed generator's state moves on)."""
     from pipeline.data.dataset import make_dataset
 
     n = len(images)
     outputs = np.empty((copies * n, *model.output_shape[1:]), dtype)
+    dataset = make_dataset(images, np.zeros(n), 32).map(lambda x, y: augment(x, training=True))
     for copy in range(copies):  # filled in place: a list then np.concatenate holds it twice
         print(f"augmented copy {copy + 1}/{copies} through {base}")
-        dataset = make_dataset(images, np.zeros(n), 32).map(lambda x, y: augment(x, training=True))
         outputs[copy * n : (copy + 1) * n] = model.predict(dataset, verbose=2)
     return outputs
