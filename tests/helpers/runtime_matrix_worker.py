@@ -40,12 +40,17 @@ def reloaded_scores(project: Path, name: str, image_size: int | None) -> dict:
 
     import pipeline.models  # noqa: F401  registers the custom layers
     from pipeline.data.dataset import make_dataset
+    from pipeline.serving.inference import predicted_labels
+    from pipeline.training.train import test_scores
 
     base = name.split("-", 1)[1] if "-" in name else BASE
     inputs, labels = test_split(project, base, image_size)
     model = keras.models.load_model(project / f"models/{name}.keras")
-    loss, accuracy = model.evaluate(make_dataset(inputs, labels, 8), verbose=0)
-    predicted = (model.predict(inputs, batch_size=8, verbose=0).ravel() > 0.5).astype(int)
+    # one pass, scored as train.evaluate scores the trained model (test_scores is checked
+    # against model.evaluate in the fast tier): a second compiled function costs seconds
+    scores = model.predict(make_dataset(inputs, labels, 8), verbose=0)
+    loss, accuracy = test_scores(model, labels, scores)
+    predicted = predicted_labels(scores)
     confusion = np.zeros((2, 2), dtype=int)
     np.add.at(confusion, (labels.ravel().astype(int), predicted), 1)
     return {
