@@ -9,6 +9,7 @@ Stages are resolved with DVC's own API (foreach/matrix expanded as `dvc repro` d
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -143,13 +144,14 @@ EDITED = [
 
 
 def stale_stages(project: Path) -> set[str]:
-    """What `dvc status dvc.yaml` lists, from DVC's API in this process (a `dvc` process per
-    edit cost a second of start-up each): dvc.yaml's stages, as the trained project never
-    ran mnist/dvc.yaml (a pipeline of its own)."""
+    """What `dvc status dvc.yaml` lists in `project`, from DVC's API in this process (a `dvc`
+    process per edit cost a second of start-up each): dvc.yaml's stages, as the trained
+    project never ran mnist/dvc.yaml (a pipeline of its own). From the project's folder, as
+    the command runs: DVC names stages relative to the current directory."""
     from dvc.repo import Repo
 
-    with Repo(str(project)) as repo:
-        return set(repo.status(targets=[str(project / "dvc.yaml")]))
+    with contextlib.chdir(project), Repo(".") as repo:
+        return set(repo.status(targets=["dvc.yaml"]))
 
 
 @pytest.mark.slow
