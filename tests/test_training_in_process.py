@@ -326,7 +326,7 @@ def test_input_pipeline_reads_the_arrays_in_place():
     dataset = make_dataset(pixels, labels, 32, training=True, seed=3)
     graph_bytes = len(dataset._as_serialized_graph().numpy())
     assert graph_bytes < pixels.nbytes / 20, graph_bytes
-    # no autotuning thread: freeing an iterator waited a second for it (README: speed)
+    # no autotuning thread: freeing an iterator waited a second for it (README: Performance)
     assert dataset.options().autotune.enabled is False
 
     def epoch(dataset) -> tuple[np.ndarray, np.ndarray]:

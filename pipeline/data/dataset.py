@@ -45,7 +45,7 @@ def make_dataset(
     # Fixed parallelism, not AUTOTUNE: a batch is a NumPy index (a millisecond), and tf.data's
     # autotuning thread made every pass over a finite dataset end a second late (its
     # iterator, freed, waits for that thread): 1 s an epoch after each validation pass, 7%
-    # of a baseline epoch (README: speed).
+    # of a baseline epoch (README: Performance, run C against D).
     options = tf.data.Options()
     options.autotune.enabled = False
     return (
