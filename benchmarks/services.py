@@ -23,6 +23,12 @@ RAY_ENV = {  # keeps every Ray process on 127.0.0.1, and silent (README: seed sw
     # The head starts a client server per `ray://` connection; on a loaded 2-core machine its
     # start can outlast Ray's 30 s default.
     "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120",
+    # The head's client proxy forks a server per connection while its gRPC threads run; with
+    # gRPC's fork handlers on, the child can abort before it execs (ray-project/ray#63202),
+    # and the driver then waits out the timeout above before its retry. The child always
+    # execs at once, which is when gRPC says to turn the handlers off: 1 of 8 and 1 of 3
+    # connections failed so with them, 0 of 24 without (tests/test_sweep.py's head).
+    "GRPC_ENABLE_FORK_SUPPORT": "false",
 }
 
 

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.project import TrainedProject, copy_project
+from tests.helpers.project import NO_ANALYTICS, TrainedProject, copy_project
 from tests.helpers.servers import ArchiveServer
 from tests.helpers.trained import SharedBuild
+
+# and for the processes the tests start without command_env (the build, Ray, MLflow servers)
+os.environ.update(NO_ANALYTICS)
 
 TRAINED = "trained_project"
 # CFS weight 335 against the build's 1024; 15 starved the Ray sweep test (77 -> 231 s)
@@ -83,9 +86,13 @@ def pytest_addoption(parser):
 # which otherwise runs before this one and sees none
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    # the tests that read the trained project last: its build (started as the session begins)
-    # overlaps every other test, and then they spread over the workers (stable: order kept)
-    items.sort(key=lambda item: TRAINED in item.fixturenames)
+    # The tests that wait (on a Ray cluster's start, say) first, so other tests' work fills
+    # their waits: the Ray sweep started late was the slow tier's last 90 s, 40 of them idle.
+    # The tests that read the trained project last: its build (started as the session begins)
+    # overlaps every other test, and then they spread over the workers (stable: order kept).
+    items.sort(
+        key=lambda item: (TRAINED in item.fixturenames, not item.get_closest_marker("waits"))
+    )
     if config.getoption("--reverse"):
         items.reverse()
     for item in items:

@@ -320,6 +320,7 @@ def ray_head():
 
 
 @pytest.mark.slow
+@pytest.mark.waits  # on the cluster's client server, which can take 2 minutes to answer
 @pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
     reason="Ray is not installed: uv sync --locked --group ray (README: seed sweeps)",

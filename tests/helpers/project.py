@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.workspace import (  # noqa: F401  (the tests' one import of project helpers)
+    NO_ANALYTICS,
     ROOT,
     command_env,
     dotted_patch,
