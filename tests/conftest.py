@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -82,22 +83,43 @@ def pytest_addoption(parser):
     )
 
 
+def pytest_configure(config):
+    # xdist hands out its work units (a group, or a test) in the order _RunOrder leaves them,
+    # not reordered by its own rule (most tests first), which put the Ray sweep's test, a
+    # unit of one, behind every group
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+    config.pluginmanager.register(_RunOrder(), "run-order")
+
+
 # tryfirst: xdist's worker reads the xdist_group marks in its own pytest_collection_modifyitems,
 # which otherwise runs before this one and sees none
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    # The tests that wait (on a Ray cluster's start, say) first, so other tests' work fills
-    # their waits: the Ray sweep started late was the slow tier's last 90 s, 40 of them idle.
-    # The tests that read the trained project last: its build (started as the session begins)
-    # overlaps every other test, and then they spread over the workers (stable: order kept).
-    items.sort(
-        key=lambda item: (TRAINED in item.fixturenames, not item.get_closest_marker("waits"))
-    )
-    if config.getoption("--reverse"):
-        items.reverse()
+def pytest_collection_modifyitems(items):
     for item in items:
         if group := _module_fixture_group(item):
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+class _RunOrder:
+    """The order of the work units (a group, or a test) xdist hands to its workers."""
+
+    @pytest.hookimpl(trylast=True)  # after `-m` has deselected what does not run
+    def pytest_collection_modifyitems(self, config, items):
+        def unit(item):
+            return _module_fixture_group(item) or item.nodeid
+
+        size = Counter(unit(item) for item in items)
+        reads = {unit(item) for item in items if TRAINED in item.fixturenames}
+        waits = {unit(item) for item in items if item.get_closest_marker("waits")}
+        # First the units that wait (on a Ray cluster's start, say), so other tests' work fills
+        # their waits: the Ray sweep started late was the slow tier's idle last 90 s. Then the
+        # largest units (most tests) first, as xdist orders them itself. Last the units that
+        # read the trained project: its build (started as the session begins) overlaps every
+        # other test, and then they spread over the workers. Stable: file order within a rank.
+        items.sort(key=lambda i: (unit(i) in reads, unit(i) not in waits, -size[unit(i)]))
+        if config.getoption("--reverse"):
+            items.reverse()
 
 
 def _module_fixture_group(item) -> str | None:

@@ -1,6 +1,9 @@
-"""`train.finetune.cached_copies`, finetune's CPU fast path, in this process: the frozen
-bottom of the base runs once over K augmented copies of the training set, the unfrozen top
-trains on those activations, and what is saved, scored and logged is the whole network.
+"""The CPU fast paths, in this process. `train.finetune.cached_copies`: the frozen bottom of
+the base runs once over K augmented copies of the training set, the unfrozen top trains on
+those activations, and what is saved, scored and logged is the whole network.
+`train.frozen_aug.cached_copies`: the whole frozen base runs once over K copies, the head
+trains on those features, and the saved model is the usual frozen-base network, which
+finetune continues from.
 
 No DVC and no subprocess: the stage function itself on a folder laid out as a project, with
 a frozen_aug network saved there and learnable synthetic images (tests/helpers/synthetic.py)
@@ -60,6 +63,7 @@ def write_params(root) -> None:
         "train": {
             "baseline": scratch,
             "augmented": scratch,
+            "frozen_aug": {**FIT, "cached_copies": COPIES, "learning_rate": 1e-3},
             "finetune": {**FIT, "cached_copies": COPIES},
         },
         "pretrained": {"bases": bases},
@@ -141,3 +145,32 @@ def test_finetune_cached_copies_trains_and_saves_the_whole_network(project, base
     norms = [layer for layer in after.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert all(unchanged(layer) for layer in norms)
     assert not unchanged(after.layers[start])
+
+
+def test_frozen_aug_cached_copies_feeds_finetune(project, capsys):
+    """K augmented copies through the frozen base once, the head trained on their features,
+    and a saved model of the usual architecture that finetune continues from."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.core import catalog
+    from pipeline.models.model_io import load_keras
+    from pipeline.training.pretrained import base_weights, finetune, frozen_aug
+
+    base_weights(project, "vgg16")
+    metrics = frozen_aug(project, "vgg16")
+    out = capsys.readouterr().out
+    assert f"augmented copy {COPIES}/{COPIES} through vgg16" in out
+    assert f"{COPIES * TRAIN_IMAGES} train / 20 validation / 20 test" in out
+    assert metrics["epochs"] == FIT["epochs"]
+    network = load_keras(catalog.trained_model(project, "frozen_aug", "vgg16").model_file)
+    assert network.input_shape == (None, SIZE, SIZE, 3)
+    assert {"augmentation", "vgg16"} <= {layer.name for layer in network.layers}
+    client = MlflowClient()  # the module's store (MLFLOW_TRACKING_URI)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("dogs-vs-cats").experiment_id],
+        "attributes.run_name = 'frozen_aug-vgg16'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    assert run.data.params["train.frozen_aug.cached_copies"] == str(COPIES)
+    assert finetune(project, "vgg16")["epochs"] == FIT["epochs"]

@@ -131,42 +131,6 @@ def test_interrupted_training_leaves_nothing_and_resumes(project, sig):
     )
 
 
-def test_frozen_aug_cached_copies_fast_path_feeds_finetune(project):
-    """K augmented copies through the frozen base once, the head trained on them, and a
-    saved model of the usual architecture that finetune continues from."""
-    import keras
-
-    import pipeline.models.preprocess  # noqa: F401  registers the Preprocess layer
-
-    update_params(
-        project,
-        {
-            "train": {
-                "frozen_aug": {
-                    "cached_copies": 2,
-                    "epochs": 2,
-                    "batch_size": 8,
-                    "steps_per_epoch": 0,
-                    "learning_rate": 1e-3,
-                },
-                "finetune": {"epochs": 1, "batch_size": 8, "steps_per_epoch": 0},
-            }
-        },
-    )
-    run([sys.executable, "-m", "pipeline", "base-weights", "vgg16"], project)
-    result = run(
-        [sys.executable, "-m", "pipeline", "train", "frozen_aug", "--base", "vgg16"], project
-    )
-    assert "augmented copy 2/2 through vgg16" in result.stdout
-    assert "96 train" in result.stdout  # 2 copies x 48 training images
-    model = keras.models.load_model(project / "models/frozen_aug-vgg16.keras")
-    assert {"augmentation", "vgg16"} <= {layer.name for layer in model.layers}
-    _, runs = runs_of(project, "frozen_aug-vgg16")
-    assert runs[-1].data.params["train.frozen_aug.cached_copies"] == "2"
-    run([sys.executable, "-m", "pipeline", "train", "finetune", "--base", "vgg16"], project)
-    assert read_metrics(project / "reports/metrics/finetune-vgg16.json")["epochs"] == 1
-
-
 def test_a_backup_damaged_by_a_kill_falls_back_or_starts_afresh(tmp_path):
     """SIGKILL can land while Keras writes its backup: use the previous one, else start over."""
     import h5py
