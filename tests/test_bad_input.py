@@ -290,9 +290,11 @@ def test_a_trickling_server_fails_the_minimum_rate(tmp_path):
     assert server.connections == 2
     message = str(error.value)
     assert f"cannot download {server.url} after 2 attempts" in message
-    assert re.search(
-        r"slower than data.transfer.min_bytes_per_second=1000: \d+ bytes in 0.4", message
+    # the window measured: at least the 0.4 s asked for, more on a loaded machine (0.5 seen)
+    window = re.search(
+        r"slower than data.transfer.min_bytes_per_second=1000: \d+ bytes in ([\d.]+) s", message
     )
+    assert window and 0.4 <= float(window[1]) < 1.5, message
 
 
 def test_a_server_that_never_answers_gives_up_after_attempts_times_timeout(tmp_path):
