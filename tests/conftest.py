@@ -106,18 +106,21 @@ class _RunOrder:
 
     @pytest.hookimpl(trylast=True)  # after `-m` has deselected what does not run
     def pytest_collection_modifyitems(self, config, items):
-        def unit(item):
-            return _module_fixture_group(item) or item.nodeid
+        unit = {item.nodeid: _module_fixture_group(item) or item.nodeid for item in items}
+        size = Counter(unit.values())
+        reads = {unit[item.nodeid] for item in items if TRAINED in item.fixturenames}
+        waits = {unit[item.nodeid] for item in items if item.get_closest_marker("waits")}
 
-        size = Counter(unit(item) for item in items)
-        reads = {unit(item) for item in items if TRAINED in item.fixturenames}
-        waits = {unit(item) for item in items if item.get_closest_marker("waits")}
         # First the units that wait (on a Ray cluster's start, say), so other tests' work fills
         # their waits: the Ray sweep started late was the slow tier's idle last 90 s. Then the
         # largest units (most tests) first, as xdist orders them itself. Last the units that
         # read the trained project: its build (started as the session begins) overlaps every
         # other test, and then they spread over the workers. Stable: file order within a rank.
-        items.sort(key=lambda i: (unit(i) in reads, unit(i) not in waits, -size[unit(i)]))
+        def rank(item):
+            u = unit[item.nodeid]
+            return u in reads, u not in waits, -size[u]
+
+        items.sort(key=rank)
         if config.getoption("--reverse"):
             items.reverse()
 

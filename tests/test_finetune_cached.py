@@ -154,6 +154,7 @@ def test_frozen_aug_cached_copies_feeds_finetune(project, capsys):
 
     from pipeline.core import catalog
     from pipeline.models.model_io import load_keras
+    from pipeline.tracking import store
     from pipeline.training.pretrained import base_weights, finetune, frozen_aug
 
     base_weights(project, "vgg16")
@@ -167,7 +168,7 @@ def test_frozen_aug_cached_copies_feeds_finetune(project, capsys):
     assert {"augmentation", "vgg16"} <= {layer.name for layer in network.layers}
     client = MlflowClient()  # the module's store (MLFLOW_TRACKING_URI)
     (run,) = client.search_runs(
-        [client.get_experiment_by_name("dogs-vs-cats").experiment_id],
+        [client.get_experiment_by_name(store.EXPERIMENT).experiment_id],
         "attributes.run_name = 'frozen_aug-vgg16'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
