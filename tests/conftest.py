@@ -16,6 +16,7 @@ from tests.helpers.trained import SharedBuild
 os.environ.update(NO_ANALYTICS)
 
 TRAINED = "trained_project"
+COPY = "project_copy"  # a test that changes a copy of the trained project
 # CFS weight 335 against the build's 1024; 15 starved the Ray sweep test (77 -> 231 s)
 BUILD_HEADSTART_NICENESS = 5
 
@@ -110,15 +111,19 @@ class _RunOrder:
         size = Counter(unit.values())
         reads = {unit[item.nodeid] for item in items if TRAINED in item.fixturenames}
         waits = {unit[item.nodeid] for item in items if item.get_closest_marker("waits")}
+        copies = {unit[item.nodeid] for item in items if COPY in item.fixturenames}
 
         # First the units that wait (on a Ray cluster's start, say), so other tests' work fills
         # their waits: the Ray sweep started late was the slow tier's idle last 90 s. Then the
         # largest units (most tests) first, as xdist orders them itself. Last the units that
         # read the trained project: its build (started as the session begins) overlaps every
-        # other test, and then they spread over the workers. Stable: file order within a rank.
+        # other test, and then they spread over the workers; of those, first the ones that
+        # change a copy and rerun stages (10-35 s each), so that the tier ends on short reads
+        # and not on one worker still retraining (the last 30 s ran at half load that way).
+        # Stable: file order within a rank.
         def rank(item):
             u = unit[item.nodeid]
-            return u in reads, u not in waits, -size[u]
+            return u in reads, u not in waits, u not in copies, -size[u]
 
         items.sort(key=rank)
         if config.getoption("--reverse"):

@@ -20,6 +20,7 @@ from tests.helpers.project import (
     TINY_MODELS,
     ran_stages,
     run,
+    stale_stages,
     update_params,
 )
 
@@ -274,10 +275,13 @@ def test_exp_run_temp_logs_to_the_users_store(project_copy):
 def test_changing_finetune_learning_rate_reruns_only_finetune_and_report(project_copy):
     project = project_copy
     update_params(project, {"train": {"finetune": {"learning_rate": 2e-5}}})
+    # DVC sees the change in both bases' finetune stages, and nowhere else
+    assert stale_stages(project) == {f"finetune@{b}" for b in BASES}
+    # and `dvc repro` reruns them and what reads their models, nothing more: shown on one
+    # base (each base's finetune retrains in seconds of imports; their chains are alike)
+    update_params(project, ONLY_VGG16)
     stages = ran_stages(run(["dvc", "repro"], project).stdout)
-    assert sorted(stages) == sorted(
-        [f"finetune@{b}" for b in BASES] + [f"visualize_finetune@{b}" for b in BASES] + ["report"]
-    )
+    assert sorted(stages) == ["finetune@vgg16", "report", "visualize_finetune@vgg16"]
     client, runs = mlflow_runs(project)
     newest = [r for r in runs if r.info.run_name == "finetune-vgg16"][-1]
     assert newest.data.params["train.finetune.learning_rate"] == "2e-05"

@@ -9,12 +9,12 @@ Stages are resolved with DVC's own API (foreach/matrix expanded as `dvc repro` d
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.closure import command_closure, covered, relative_file
+from tests.helpers.project import stale_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,17 +141,6 @@ EDITED = [
     "pipeline/reporting/plots.py",
     "pipeline/visualize/gradcam.py",
 ]
-
-
-def stale_stages(project: Path) -> set[str]:
-    """What `dvc status dvc.yaml` lists in `project`, from DVC's API in this process (a `dvc`
-    process per edit cost a second of start-up each): dvc.yaml's stages, as the trained
-    project never ran mnist/dvc.yaml (a pipeline of its own). From the project's folder, as
-    the command runs: DVC names stages relative to the current directory."""
-    from dvc.repo import Repo
-
-    with contextlib.chdir(project), Repo(".") as repo:
-        return set(repo.status(targets=["dvc.yaml"]))
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ synthetic images, and copies of a trained one for tests that change it."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,3 +82,14 @@ def copy_project(project: Path, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "-a", str(project), str(dest)], check=True)
     return dest
+
+
+def stale_stages(project: Path) -> set[str]:
+    """What `dvc status dvc.yaml` lists in `project`, from DVC's API in this process (a `dvc`
+    process costs a second of start-up each): dvc.yaml's stages whose own deps or params
+    changed (not those downstream of them, which change only once these run). From the
+    project's folder, as the command runs: DVC names stages relative to the current directory."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(project), Repo(".") as repo:
+        return set(repo.status(targets=["dvc.yaml"]))
