@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.reporting.compare import Selection, holm, pairwise
 from tests.helpers.project import run, tiny_project, update_params
+from tests.helpers.tracking import client_of, tracked_runs
 
 TINY = {"image_size": 48, "batch_size": 8, "steps_per_epoch": 0, "learning_rate": 1e-3}
 TRAININGS = [  # (model, seed, epochs), in the order they run
@@ -51,8 +52,6 @@ def project(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(project):
     """The trainings above, in this process, as `python -m pipeline train` runs them."""
-    from mlflow.tracking import MlflowClient
-
     from pipeline.core.params import load_params
     from pipeline.training import scratch
 
@@ -66,10 +65,7 @@ def trained(project):
             getattr(scratch, model)(load_params())
     finally:
         signal.signal(signal.SIGTERM, sigterm)
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("dogs-vs-cats")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    yield runs
+    yield tracked_runs(project)
     patch.undo()
 
 
@@ -147,8 +143,6 @@ def test_grouping_by_a_param_pools_the_others_and_says_so():
 
 @pytest.mark.slow
 def test_cli_writes_reports_and_logs_a_compare_run(trained, project):
-    from mlflow.tracking import MlflowClient
-
     result = run([sys.executable, "-m", "pipeline", "compare", "--commit", "HEAD"], project)
     markdown = (project / "reports/compare.md").read_text()
     assert markdown == result.stdout.strip() + "\n"
@@ -156,13 +150,8 @@ def test_cli_writes_reports_and_logs_a_compare_run(trained, project):
     assert "| augmented | 2 | 1, 2 |" in markdown
     assert "beyond the noise" in markdown and "compare --commit HEAD" in markdown
     assert (project / "reports/compare.png").stat().st_size > 10_000
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("dogs-vs-cats")
-    logged, *earlier = client.search_runs(
-        [experiment.experiment_id],
-        "attributes.run_name = 'compare'",
-        order_by=["attributes.start_time DESC"],
-    )
+    client = client_of(project)
+    logged, *earlier = tracked_runs(client, "compare", newest_first=True)
     # each run of compare is a run of its own (in-process tests of this module may have
     # logged some before this one, in any order): this one is the newest, and finished
     assert logged.info.status == "FINISHED"

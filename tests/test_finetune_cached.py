@@ -19,6 +19,7 @@ import pytest
 
 from tests.helpers.project import ROOT, update_params
 from tests.helpers.synthetic import synthetic_image
+from tests.helpers.tracking import tracked_runs
 
 SIZE = 32
 COPIES = 2
@@ -150,11 +151,8 @@ def test_finetune_cached_copies_trains_and_saves_the_whole_network(project, base
 def test_frozen_aug_cached_copies_feeds_finetune(project, capsys):
     """K augmented copies through the frozen base once, the head trained on their features,
     and a saved model of the usual architecture that finetune continues from."""
-    from mlflow.tracking import MlflowClient
-
     from pipeline.core import catalog
     from pipeline.models.model_io import load_keras
-    from pipeline.tracking import store
     from pipeline.training.pretrained import base_weights, finetune, frozen_aug
 
     base_weights(project, "vgg16")
@@ -166,12 +164,7 @@ def test_frozen_aug_cached_copies_feeds_finetune(project, capsys):
     network = load_keras(catalog.trained_model(project, "frozen_aug", "vgg16").model_file)
     assert network.input_shape == (None, SIZE, SIZE, 3)
     assert {"augmentation", "vgg16"} <= {layer.name for layer in network.layers}
-    client = MlflowClient()  # the module's store (MLFLOW_TRACKING_URI)
-    (run,) = client.search_runs(
-        [client.get_experiment_by_name(store.EXPERIMENT).experiment_id],
-        "attributes.run_name = 'frozen_aug-vgg16'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    # the module's store (MLFLOW_TRACKING_URI): the newest of its frozen_aug runs
+    run = tracked_runs(None, "frozen_aug-vgg16", newest_first=True)[0]
     assert run.data.params["train.frozen_aug.cached_copies"] == str(COPIES)
     assert finetune(project, "vgg16")["epochs"] == FIT["epochs"]

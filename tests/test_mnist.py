@@ -19,6 +19,7 @@ from PIL import Image
 from pipeline.core.errors import PipelineError
 from tests.helpers.digits import write_mnist
 from tests.helpers.project import ROOT, make_project, ran_stages, run, update_params
+from tests.helpers.tracking import tracked_runs
 
 SAMPLE = ROOT.parent / "shared" / "data" / "mnist-5k.npz"
 # The book's summary of listing 5.3's convnet (section 5.1), row by row.
@@ -250,8 +251,7 @@ def test_the_convnet_learns_ten_classes_through_the_one_training_routine(trained
     for path in (f"models/{name}.keras", f"reports/figures/{name}/confusion.png"):
         assert (root / "mnist" / path).is_file(), path
     client = mlflow.MlflowClient(store_uri(root))
-    experiment = client.get_experiment_by_name("dogs-vs-cats")
-    (found,) = client.search_runs([experiment.experiment_id], f"run_name = '{name}'")
+    (found,) = tracked_runs(client, name)
     assert found.data.params["mnist.convnet.downsampling"] == "max"
     assert found.data.params["mnist.seed"] == "1" and "train.seed" not in found.data.params
     assert found.data.metrics["test_accuracy"] == metrics["test_accuracy"]
@@ -293,10 +293,7 @@ def test_the_visualize_stage_draws_what_the_convnet_learns(trained_convnet, monk
     assert len(list(figures.glob("activations/*.png"))) == 6  # the digit, 3 convs, 2 pools
     assert len(list(figures.glob("filters/*.png"))) == 3
     client = mlflow.MlflowClient(store_uri(root))
-    experiment = client.get_experiment_by_name("dogs-vs-cats")
-    (run_,) = client.search_runs(
-        [experiment.experiment_id], "run_name = 'mnist_convnet-max-valid-1'"
-    )
+    (run_,) = tracked_runs(client, "mnist_convnet-max-valid-1")
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id, "visualize")}
     assert artifacts == {"visualize/activations", "visualize/filters"}
 
@@ -374,8 +371,7 @@ def test_dvc_repro_runs_the_mnist_pipeline_and_then_nothing(tmp_path, monkeypatc
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name("dogs-vs-cats")
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    runs = {r.info.run_name: r for r in tracked_runs(client)}
     assert {"mnist_dense-1", "mnist_convnet-max-valid-1", "convolution"} <= set(runs)
     convnet = runs["mnist_convnet-max-valid-1"]
     artifacts = {a.path for a in client.list_artifacts(convnet.info.run_id, "figures")}

@@ -23,6 +23,7 @@ from tests.helpers.project import (
     stale_stages,
     update_params,
 )
+from tests.helpers.tracking import client_of, experiment_id, tracked_runs
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +45,8 @@ def project(trained_project) -> Path:
 
 
 def mlflow_runs(project):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("dogs-vs-cats")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
-    return client, runs
+    client = client_of(project)
+    return client, tracked_runs(client)
 
 
 def test_first_repro_runs_every_stage_once(repro):
@@ -127,8 +124,7 @@ def test_run_has_history_metrics_figures_and_model(project, name):
     assert {f"{name}.csv", f"{name}.json", "figures"} <= artifacts  # history, metrics, details
     figures = {a.path for a in client.list_artifacts(run_id, "figures")}
     assert figures == {"figures/curves.png", "figures/confusion.png"}
-    experiment = client.get_experiment_by_name("dogs-vs-cats").experiment_id
-    logged = client.search_logged_models([experiment], f"source_run_id = '{run_id}'")
+    logged = client.search_logged_models([experiment_id(client)], f"source_run_id = '{run_id}'")
     assert len(logged) == 1  # the model, once, as an MLflow Model that takes photos
 
 

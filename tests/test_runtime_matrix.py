@@ -23,6 +23,7 @@ import pytest
 from pipeline.core.files import read_metrics
 from tests.helpers.project import ONLY_VGG16, TINY_MODELS, run, tiny_project, update_params
 from tests.helpers.runtime_matrix_worker import reloaded_scores
+from tests.helpers.tracking import tracked_runs
 from tests.helpers.trained import BUILD_PATCH
 
 pytestmark = pytest.mark.slow
@@ -104,11 +105,7 @@ def trained(prepared):
 
 
 def mlflow_tags(project: Path, run_name: str) -> dict:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("dogs-vs-cats")
-    (found,) = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{run_name}'")
+    (found,) = tracked_runs(project, run_name)
     return found.data.tags
 
 

@@ -27,6 +27,7 @@ from tests.helpers.project import (
     tiny_project,
 )
 from tests.helpers.servers import MlflowServer
+from tests.helpers.tracking import experiment_id, tracked_runs
 
 pytestmark = pytest.mark.slow
 
@@ -75,11 +76,7 @@ def commit(project: Path, message: str) -> None:
 
 
 def local_runs(project: Path) -> list:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return tracked_runs(project)
 
 
 def cache_files(project: Path) -> set[str]:
@@ -124,13 +121,12 @@ def test_shared_tracking_server_and_unreachable_server(project, mlflow_server):
     assert "Epoch 2/2" in result.stdout
 
     client = MlflowClient(tracking_uri=mlflow_server.url)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    (run_,) = client.search_runs([experiment.experiment_id])
+    (run_,) = tracked_runs(client)
     assert (run_.info.run_name, run_.info.status) == ("baseline", "FINISHED")
     assert [m.step for m in client.get_metric_history(run_.info.run_id, "val_accuracy")] == [1, 2]
     assert 0 <= run_.data.metrics["test_accuracy"] <= 1
     assert run_.data.params["train.baseline.epochs"] == "2"
-    logged = client.search_logged_models([experiment.experiment_id])
+    logged = client.search_logged_models([experiment_id(client)])
     assert [model.source_run_id for model in logged] == [run_.info.run_id]  # the MLflow Model
     assert "figures/curves.png" in {
         a.path for a in client.list_artifacts(run_.info.run_id, "figures")

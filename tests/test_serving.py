@@ -28,6 +28,7 @@ from PIL import Image
 from pipeline.core.files import read_metrics
 from tests.helpers.project import command_env, run
 from tests.helpers.synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image
+from tests.helpers.tracking import client_of, experiment_id, tracked_runs
 
 NAME = "dogs-vs-cats"
 MODELS = ["baseline", "augmented"] + [
@@ -56,12 +57,6 @@ def photos(tmp_path_factory):
     return folder, labels
 
 
-def client_of(project):
-    from mlflow import MlflowClient
-
-    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-
-
 def store_env(project) -> dict:
     return {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
 
@@ -72,7 +67,7 @@ def test_every_model_is_a_version_and_champion_is_the_best_on_validation(project
     versions = client.search_model_versions(f"name = '{NAME}'")
     by_model = {v.tags["model"]: v for v in versions}
     assert sorted(by_model) == sorted(MODELS) and len(versions) == len(MODELS)
-    runs = {r.info.run_id: r for r in client.search_runs([_exp(client).experiment_id])}
+    runs = {r.info.run_id: r for r in tracked_runs(client)}
     for model, version in by_model.items():
         source_run = runs[version.tags["run_id"]]
         assert source_run.info.run_name == model
@@ -86,15 +81,11 @@ def test_every_model_is_a_version_and_champion_is_the_best_on_validation(project
     assert f"**{expected}**" in (project / "reports/progression.md").read_text()
 
 
-def _exp(client):
-    return client.get_experiment_by_name("dogs-vs-cats")
-
-
 @pytest.mark.slow
 def test_runs_have_a_logged_model_and_the_split_as_input_dataset(project):
     client = client_of(project)
-    experiment = _exp(client)
-    runs = client.search_runs([experiment.experiment_id], "attributes.run_name != 'report'")
+    experiment = experiment_id(client)
+    runs = client.search_runs([experiment], "attributes.run_name != 'report'")
     assert sorted(r.info.run_name for r in runs) == sorted(MODELS)
     for run_ in runs:
         (dataset_input,) = run_.inputs.dataset_inputs
@@ -102,7 +93,7 @@ def test_runs_have_a_logged_model_and_the_split_as_input_dataset(project):
         assert (dataset.name, dataset.digest) == ("split", run_.data.tags["split_sha256"])
         assert json.loads(dataset.source) == {"uri": "data/split.csv"}
         (logged,) = client.search_logged_models(
-            [experiment.experiment_id], filter_string=f"source_run_id = '{run_.info.run_id}'"
+            [experiment], filter_string=f"source_run_id = '{run_.info.run_id}'"
         )
         assert logged.name == "classifier"
         linked = {m.key: m.value for m in logged.metrics}

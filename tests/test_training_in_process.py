@@ -19,6 +19,7 @@ import pytest
 
 from tests.helpers.project import ROOT, TINY_FIT, update_params
 from tests.helpers.synthetic import synthetic_image
+from tests.helpers.tracking import experiment_id, tracked_runs
 
 SIZE = 48
 MODELS = ("baseline", "augmented")
@@ -125,8 +126,7 @@ def test_a_stage_without_timeline_writes_none_and_logs_every_epoch(trained):
 
 
 def run_of(trained: Trained, name: str):
-    experiment = trained.client.get_experiment_by_name("dogs-vs-cats")
-    runs = trained.client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'")
+    runs = tracked_runs(trained.client, name)
     assert len(runs) == 1, [r.info.run_name for r in runs]
     return runs[0]
 
@@ -176,9 +176,8 @@ def test_train_run_is_one_mlflow_run_with_params_curves_scores_and_model(trained
     # mixed_precision: auto, decided from this machine's CPU flags; no XLA on a CPU
     assert (tags["precision"], tags["precision_reason"]) == choose("auto", 0, this_cpu_flags())
     assert (tags["jit_compile"], tags["replicas"]) == ("false", "1")
-    experiment = trained.client.get_experiment_by_name("dogs-vs-cats").experiment_id
     logged = trained.client.search_logged_models(
-        [experiment], f"source_run_id = '{run.info.run_id}'"
+        [experiment_id(trained.client)], f"source_run_id = '{run.info.run_id}'"
     )
     assert len(logged) == 1
     digest = sha256_of(trained.root / f"models/{name}.keras")[:16]

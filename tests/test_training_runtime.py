@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.core.files import read_metrics
 from tests.helpers.project import params_patched, ran_stages, run, tiny_project, update_params
+from tests.helpers.tracking import client_of, tracked_runs
 
 pytestmark = pytest.mark.slow
 
@@ -35,16 +36,8 @@ def project(tmp_path_factory):
 
 
 def runs_of(project, name):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("dogs-vs-cats")
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        f"attributes.run_name = '{name}'",
-        order_by=["attributes.start_time ASC"],
-    )
-    return client, runs
+    client = client_of(project)
+    return client, tracked_runs(client, name)
 
 
 TWO_PASSES = {"baseline": {"epochs": 2, "steps_per_epoch": 0}}

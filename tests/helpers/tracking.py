@@ -1,0 +1,38 @@
+"""The pipeline's MLflow runs as the tests read them: its one experiment
+(`pipeline.tracking.store.EXPERIMENT`) in a project's sqlite store, on a tracking server, or
+in the store of MLFLOW_TRACKING_URI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# mlflow is imported where it is used: test modules import this at collection, in every worker
+
+
+def client_of(where=None):
+    """An MlflowClient of a project's store (`where` is its folder, with mlflow.db in it), of
+    a tracking URI, or (None) of MLFLOW_TRACKING_URI; a client is returned as it is."""
+    from mlflow import MlflowClient
+
+    if isinstance(where, MlflowClient):
+        return where
+    if isinstance(where, Path):
+        return MlflowClient(f"sqlite:///{where / 'mlflow.db'}")
+    return MlflowClient(where)
+
+
+def experiment_id(where=None) -> str:
+    from pipeline.tracking.store import EXPERIMENT
+
+    return client_of(where).get_experiment_by_name(EXPERIMENT).experiment_id
+
+
+def tracked_runs(where=None, name: str | None = None, newest_first: bool = False) -> list:
+    """The experiment's runs, oldest first (or newest first); only those named `name` if given."""
+    client = client_of(where)
+    order = "DESC" if newest_first else "ASC"
+    return client.search_runs(
+        [experiment_id(client)],
+        f"attributes.run_name = '{name}'" if name else "",
+        order_by=[f"attributes.start_time {order}"],
+    )
