@@ -17,7 +17,7 @@ import pytest
 
 from pipeline.reporting.compare import Selection, holm, pairwise
 from tests.helpers.project import run, tiny_project, update_params
-from tests.helpers.tracking import client_of, tracked_runs
+from tests.helpers.tracking import client_of, store_uri, tracked_runs
 
 TINY = {"image_size": 48, "batch_size": 8, "steps_per_epoch": 0, "learning_rate": 1e-3}
 TRAININGS = [  # (model, seed, epochs), in the order they run
@@ -57,7 +57,7 @@ def trained(project):
 
     patch = pytest.MonkeyPatch()
     patch.chdir(project)
-    patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    patch.setenv("MLFLOW_TRACKING_URI", store_uri(project))
     sigterm = signal.getsignal(signal.SIGTERM)  # train.run makes SIGTERM a KeyboardInterrupt
     try:
         for model, seed, epochs in TRAININGS:

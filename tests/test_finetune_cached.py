@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers.project import ROOT, update_params
 from tests.helpers.synthetic import synthetic_image
-from tests.helpers.tracking import tracked_runs
+from tests.helpers.tracking import store_uri, tracked_runs
 
 SIZE = 32
 COPIES = 2
@@ -48,7 +48,7 @@ def project(tmp_path_factory):
     sigterm = signal.getsignal(signal.SIGTERM)  # train.run makes SIGTERM a KeyboardInterrupt
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", store_uri(root))
         write_params(root)
         write_prepared_images()
         yield load_params(root / "params.yaml")

@@ -19,7 +19,7 @@ from PIL import Image
 from pipeline.core.errors import PipelineError
 from tests.helpers.digits import write_mnist
 from tests.helpers.project import ROOT, make_project, ran_stages, run, update_params
-from tests.helpers.tracking import tracked_runs
+from tests.helpers.tracking import client_of, store_uri, tracked_runs
 
 SAMPLE = ROOT.parent / "shared" / "data" / "mnist-5k.npz"
 # The book's summary of listing 5.3's convnet (section 5.1), row by row.
@@ -214,10 +214,6 @@ def test_an_unreachable_url_fails_in_one_line(in_folder, archive_server):
 # --- a tiny training through train.run, and predict -------------------------------------
 
 
-def store_uri(root: Path) -> str:
-    return f"sqlite:///{root / 'mlflow.db'}"
-
-
 @pytest.fixture(scope="module")
 def trained_convnet(tmp_path_factory):
     """The book's convnet trained in this process on synthetic digits (3 epochs)."""
@@ -239,7 +235,6 @@ def trained_convnet(tmp_path_factory):
 
 
 def test_the_convnet_learns_ten_classes_through_the_one_training_routine(trained_convnet):
-    import mlflow
 
     root, metrics, _ = trained_convnet
     assert metrics["test_accuracy"] >= 0.8  # chance is 0.1
@@ -250,7 +245,7 @@ def test_the_convnet_learns_ten_classes_through_the_one_training_routine(trained
     assert np.trace(confusion) / 100 == pytest.approx(metrics["test_accuracy"], abs=0.011)
     for path in (f"models/{name}.keras", f"reports/figures/{name}/confusion.png"):
         assert (root / "mnist" / path).is_file(), path
-    client = mlflow.MlflowClient(store_uri(root))
+    client = client_of(root)
     (found,) = tracked_runs(client, name)
     assert found.data.params["mnist.convnet.downsampling"] == "max"
     assert found.data.params["mnist.seed"] == "1" and "train.seed" not in found.data.params
@@ -279,7 +274,6 @@ def test_predict_names_the_digit_of_an_image(trained_convnet, tmp_path, capsys):
 def test_the_visualize_stage_draws_what_the_convnet_learns(trained_convnet, monkeypatch):
     """mnist_visualize's function in this process (the slow test's repro stops before it):
     one digit through every layer, filter patterns of every conv, logged to the run."""
-    import mlflow
 
     from pipeline.visualize.digits import mnist_visualize
 
@@ -292,7 +286,7 @@ def test_the_visualize_stage_draws_what_the_convnet_learns(trained_convnet, monk
     figures = root / "mnist/reports/figures/mnist_convnet-max-valid-1/visualize"
     assert len(list(figures.glob("activations/*.png"))) == 6  # the digit, 3 convs, 2 pools
     assert len(list(figures.glob("filters/*.png"))) == 3
-    client = mlflow.MlflowClient(store_uri(root))
+    client = client_of(root)
     (run_,) = tracked_runs(client, "mnist_convnet-max-valid-1")
     artifacts = {a.path for a in client.list_artifacts(run_.info.run_id, "visualize")}
     assert artifacts == {"visualize/activations", "visualize/filters"}
@@ -350,7 +344,6 @@ def test_dvc_repro_runs_the_mnist_pipeline_and_then_nothing(tmp_path, monkeypatc
     """`dvc repro` of mnist/dvc.yaml up to its report, in a real project on synthetic digits:
     one seed, the dense network and the book's convnet (each stage is a process, ~10 s of
     imports apiece: mnist_visualize is tested in this process above)."""
-    import mlflow
 
     from pipeline.serving.predict import load_classifier
 
@@ -369,8 +362,7 @@ def test_dvc_repro_runs_the_mnist_pipeline_and_then_nothing(tmp_path, monkeypatc
     listed = next(iter(shown.values()))["data"]
     assert "mnist_dense-1" in listed["mnist/reports/metrics/mnist_dense-1.json"]["data"]
 
-    uri = f"sqlite:///{project / 'mlflow.db'}"
-    client = mlflow.MlflowClient(uri)
+    client = client_of(project)
     runs = {r.info.run_name: r for r in tracked_runs(client)}
     assert {"mnist_dense-1", "mnist_convnet-max-valid-1", "convolution"} <= set(runs)
     convnet = runs["mnist_convnet-max-valid-1"]
@@ -380,7 +372,7 @@ def test_dvc_repro_runs_the_mnist_pipeline_and_then_nothing(tmp_path, monkeypatc
 
     # The champion classifies a digit, from the registry (a pyfunc taking photos).
     monkeypatch.chdir(project)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri(project))
     size, scores = load_classifier("models:/mnist@champion")
     digit = np.load(source)["x_test"][:4]
     frame = scores(np.repeat(digit[..., None], 3, axis=-1))

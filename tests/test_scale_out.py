@@ -27,7 +27,7 @@ from tests.helpers.project import (
     tiny_project,
 )
 from tests.helpers.servers import MlflowServer
-from tests.helpers.tracking import experiment_id, tracked_runs
+from tests.helpers.tracking import client_of, experiment_id, tracked_runs
 
 pytestmark = pytest.mark.slow
 
@@ -231,7 +231,6 @@ def test_sweep_on_local_runs_the_dvc_queue_in_parallel_then_skips_what_is_done(p
     """`python -m pipeline sweep` (--on local, the default): one queued DVC experiment per
     seed (`dvc exp run --queue`, `dvc queue start -j 2`), its -S override in each, into the
     user's one MLflow store; the compare table of their runs; run again, it runs nothing."""
-    from mlflow.tracking import MlflowClient
 
     commit(project, "before the sweep")
     before = {r.info.run_id for r in local_runs(project)}
@@ -258,8 +257,7 @@ def test_sweep_on_local_runs_the_dvc_queue_in_parallel_then_skips_what_is_done(p
     )
     # In the user's store (its experiment's artifact location; in a copy of the project,
     # the original's folder), not in the queue's temporary copies of the workspace.
-    store = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    location = store.get_experiment_by_name(EXPERIMENT).artifact_location
+    location = client_of(project).get_experiment_by_name(EXPERIMENT).artifact_location
     assert all(r.info.artifact_uri.startswith(location) for r in new)
     assert not any(".dvc/tmp" in r.info.artifact_uri for r in new)
     assert not list((project / ".dvc/tmp").rglob("mlflow.db"))  # not in the queue's copies

@@ -28,7 +28,7 @@ from PIL import Image
 from pipeline.core.files import read_metrics
 from tests.helpers.project import command_env, run
 from tests.helpers.synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image
-from tests.helpers.tracking import client_of, experiment_id, tracked_runs
+from tests.helpers.tracking import client_of, experiment_id, store_uri, tracked_runs
 
 NAME = "dogs-vs-cats"
 MODELS = ["baseline", "augmented"] + [
@@ -58,7 +58,7 @@ def photos(tmp_path_factory):
 
 
 def store_env(project) -> dict:
-    return {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    return {"MLFLOW_TRACKING_URI": store_uri(project)}
 
 
 @pytest.mark.slow

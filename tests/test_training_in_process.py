@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers.project import ROOT, TINY_FIT, update_params
 from tests.helpers.synthetic import synthetic_image
-from tests.helpers.tracking import experiment_id, tracked_runs
+from tests.helpers.tracking import experiment_id, store_uri, tracked_runs
 
 SIZE = 48
 MODELS = ("baseline", "augmented")
@@ -82,7 +82,7 @@ def trained(tmp_path_factory) -> Trained:
     from mlflow import MlflowClient
 
     root = tmp_path_factory.mktemp("in-process")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = store_uri(root)
     sigterm = signal.getsignal(signal.SIGTERM)  # train.run makes SIGTERM a KeyboardInterrupt
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
@@ -188,7 +188,7 @@ def test_the_logged_model_takes_photos(trained, tmp_path):
     import mlflow
 
     run = run_of(trained, "baseline")
-    mlflow.set_tracking_uri(f"sqlite:///{trained.root / 'mlflow.db'}")
+    mlflow.set_tracking_uri(store_uri(trained.root))
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/classifier")
     rng = np.random.default_rng(7)
     photos, labels = [], []
@@ -209,7 +209,7 @@ def test_report_crowns_the_best_on_validation_and_logs_a_run(trained):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(trained.root)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained.root / 'mlflow.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", store_uri(trained.root))
         table = report(trained.params)
     assert list(table["model"]) == list(MODELS)
     best = max(MODELS, key=lambda m: trained.metrics[m]["best_val_accuracy"])  # first of equals
@@ -234,7 +234,7 @@ def test_registry_picks_validation_over_test_and_keeps_versions(trained):
     ]
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(trained.root)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained.root / 'mlflow.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", store_uri(trained.root))
         from pipeline.tracking import store
 
         store.connect()

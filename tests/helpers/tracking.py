@@ -9,6 +9,11 @@ from pathlib import Path
 # mlflow is imported where it is used: test modules import this at collection, in every worker
 
 
+def store_uri(project: Path) -> str:
+    """The tracking URI of a project's own store, as the pipeline makes it (mlflow.db in it)."""
+    return f"sqlite:///{project / 'mlflow.db'}"
+
+
 def client_of(where=None):
     """An MlflowClient of a project's store (`where` is its folder, with mlflow.db in it), of
     a tracking URI, or (None) of MLFLOW_TRACKING_URI; a client is returned as it is."""
@@ -17,7 +22,7 @@ def client_of(where=None):
     if isinstance(where, MlflowClient):
         return where
     if isinstance(where, Path):
-        return MlflowClient(f"sqlite:///{where / 'mlflow.db'}")
+        return MlflowClient(store_uri(where))
     return MlflowClient(where)
 
 
