@@ -301,9 +301,9 @@ def sweep(
 
 def main() -> None:
     """`python -m pipeline`: one command, then a quick exit (`_exit`)."""
-    # Keras imports scikit-learn (1-1.5 s of a stage's ~10 s of imports, measured) only for
-    # its scikit-learn wrappers, which no command uses; `dvc repro` starts a process per
-    # stage, so each skips it (Keras' `try: import sklearn` then sees none installed).
+    # TensorFlow's start-up notices (oneDNN, CPU features) are INFO; its warnings still show
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # Keras imports scikit-learn only for wrappers no command uses: every stage process skips it
     sys.modules.setdefault("sklearn", None)
     try:
         app()
@@ -314,10 +314,10 @@ def main() -> None:
 
 def _exit(code) -> None:
     """Exit with `code`, skipping the interpreter's teardown where TensorFlow was loaded: it
-    takes 2-2.5 s of every stage process (its C++ globals and thread pools; measured beside
-    `os._exit`), and `dvc repro` of the graph starts 25 of them. By now every output is
-    closed (atomic files, MLflow's committed sqlite rows); Python's exit hooks (logging,
-    MLflow, Ray) still run. With another non-daemon thread alive, the normal exit waits."""
+    only frees TensorFlow's C++ globals and thread pools, seconds of every stage process
+    (docs/performance.md). By now every output is closed (atomic files, MLflow's committed
+    sqlite rows); Python's exit hooks still run. With another non-daemon thread alive, the
+    normal exit waits."""
     if code is None:
         code = 0
     elif not isinstance(code, int):  # sys.exit("message")

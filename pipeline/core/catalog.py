@@ -203,7 +203,7 @@ def every_model(params: Params) -> list[TrainedModel]:
 
 def mnist_settings(params: Params):
     if params.mnist is None:
-        raise PipelineError("params.yaml has no section mnist: add it (see the README, MNIST)")
+        raise PipelineError("params.yaml has no section mnist: add it (docs/mnist.md)")
     return params.mnist
 
 

@@ -4,7 +4,7 @@ Batches are gathered from the NumPy arrays themselves (`tf.numpy_function`), so 
 (or cached activations) are in memory once. Capturing them as a tensor in the pipeline's
 functions held them two or three times more: `tf.constant` copies the array, and tf.data
 copies the constant again into the graph it optimises, once per dataset made (finetune's
-30 cached copies, 2.6 GB of activations, peaked at 13.3 GB). Prefetch overlaps input with
+cached copies, docs/performance.md). Prefetch overlaps input with
 training; the batches and their order are the same as gathering from a tensor.
 """
 
@@ -42,10 +42,8 @@ def make_dataset(
         y.set_shape((None, 1))
         return tf.cast(x, dtype), y
 
-    # Fixed parallelism, not AUTOTUNE: a batch is a NumPy index (a millisecond), and tf.data's
-    # autotuning thread made every pass over a finite dataset end a second late (its
-    # iterator, freed, waits for that thread): 1 s an epoch after each validation pass, 7%
-    # of a baseline epoch (README: Performance, run C against D).
+    # Fixed parallelism, not AUTOTUNE: a batch is a NumPy index, and the autotuning thread
+    # makes every pass over a finite dataset end late (its freed iterator waits for it).
     options = tf.data.Options()
     options.autotune.enabled = False
     return (

@@ -1,9 +1,8 @@
 """Float32 backward passes for bfloat16 depthwise convolutions: a kernel choice, same math.
 
-TensorFlow's CPU kernels for the gradients of a depthwise convolution are slow in bfloat16
-(Lite0's top at 7 x 7 x 1152, 5 x 5, 20 images: 55 ms for the filter's gradient against 13 ms
-in float32; the stride-2 input gradient at 14 x 14 x 672: 66 ms against 2 ms), and
-fine-tuning Lite0's top spent a third to half of its step there. A layer given `float32_backward`
+TensorFlow's CPU kernels for the gradients of a depthwise convolution are several times
+slower in bfloat16 than in float32 (docs/performance.md), and fine-tuning Lite0's top
+spends much of its step there. A layer given `float32_backward`
 computes its forward pass exactly as before and its two gradients in float32 (casting the
 inputs, the kernel and the incoming gradient up, and the results back down); nothing else
 changes, and nothing of it is saved: the layer's class, config and weights stay Keras'.

@@ -109,7 +109,7 @@ def load_runs(selection: Selection) -> pd.DataFrame:
         raise PipelineError(
             f"no finished training runs with a {selection.over} param match "
             f"({selection.filter_string()}) in experiment {store.EXPERIMENT} at "
-            f"{store.tracking_uri()}; train some (README: seed spread) or loosen the filters"
+            f"{store.tracking_uri()}; train some (docs/comparing.md) or loosen the filters"
         )
     return found.rename(
         columns={
@@ -230,7 +230,7 @@ def run_compare(selection: Selection, argv: str = "") -> pd.DataFrame:
     if missing := store.missing_store_file(uri):  # connect() would create an empty store
         raise PipelineError(
             f"the MLflow store {uri} does not exist ({missing}); train some models first "
-            "(README: seed spread), or set MLFLOW_TRACKING_URI to the store that has them"
+            "(docs/comparing.md), or set MLFLOW_TRACKING_URI to the store that has them"
         )
     store.connect()
     runs, notes = group_runs(load_runs(selection), selection)

@@ -5,8 +5,8 @@
 - `on`: float16 on a GPU (tensor cores); bfloat16 on a CPU (CPUs emulate float16).
 - `auto`: float16 on a GPU; bfloat16 on a CPU with bfloat16 units (the x86 flags
   `avx512_bf16` or `amx_bf16` in /proc/cpuinfo: Intel Cooper Lake / Sapphire Rapids and
-  later, AMD Zen 4 and later), where it trains the convnets about 2x faster at the same
-  accuracy (benchmarks/precision.py); float32 on other CPUs (and on macOS, which has no
+  later, AMD Zen 4 and later), where it trains the convnets faster at the same accuracy
+  (docs/performance.md); float32 on other CPUs (and on macOS, which has no
   /proc/cpuinfo), where bfloat16 is emulated and slower.
 Variables stay float32 under mixed precision (Keras' `mixed_*` policies).
 """

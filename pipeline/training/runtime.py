@@ -2,7 +2,7 @@
 
 `auto` turns XLA and the mirrored strategy on only where a GPU is visible, and mixed
 precision where it pays: float16 on a GPU, bfloat16 on a CPU with AVX512-BF16/AMX units
-(2-2.5x faster convnet training on ours), float32 elsewhere (pipeline/training/precision.py).
+(faster at the same accuracy: docs/performance.md), float32 elsewhere (pipeline/training/precision.py).
 `PIPELINE_LOGICAL_CPUS=N` splits the CPU into N logical devices, so the mirrored strategy
 can be exercised without GPUs (it is a machine setting, not a param: results don't change).
 `PIPELINE_AUTO_AS_GPUS=N` makes `auto` (and `on`) decide as on a machine with N GPUs: with
