@@ -232,7 +232,7 @@ def test_without_ray_installed_the_cluster_path_says_how_to_install(monkeypatch)
 class FlakyClientProxy:
     """Stands in for `ray` where a real head cannot be made to fail on demand: its client
     proxy aborts the first `failures` connections, as it does when the per-driver server it
-    starts dies at startup (seen once in CI under load)."""
+    starts dies at startup (as it can under load)."""
 
     def __init__(self, failures: int):
         self.failures, self.inits, self.shutdowns = failures, 0, 0
@@ -284,7 +284,7 @@ TINY_SWEEP = {  # only `baseline`, 1 epoch, on 48 px images
 def kill_when_training(seed: int, head: RayHead, sweep, timeout: float = 480) -> None:
     """Kill the `dvc exp run` of `seed` and everything under it once its training process
     runs: a task killed mid-way. Checks the cluster's sockets while it is busy. Seed 1 runs
-    first (a task takes both CPUs): 150 s was too short on a slow draw (matmul 88 GFLOP/s)."""
+    first (a task takes both CPUs), so the timeout covers its whole training too."""
     import psutil
 
     deadline = time.monotonic() + timeout

@@ -138,7 +138,14 @@ def against_the_book(samples: dict[str, np.ndarray]) -> pd.DataFrame:
 
 def markdown(models: dict, runs: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame) -> str:
     means = summary.set_index("group")
-    lines = [
+    lines = _intro(runs) + _variants_table(models, means)
+    lines += ["", _reduction_paragraph(means), ""]
+    lines += _noise_section(pairs) + _layers_section(models)
+    return "\n".join(lines) + "\n"
+
+
+def _intro(runs: pd.DataFrame) -> list[str]:
+    return [
         "# Section 5.1 measured: the dense network, the convnet and its downsampling",
         "",
         "Deep Learning with Python (1st ed.), section 5.1, by `dvc repro mnist/dvc.yaml`: "
@@ -146,6 +153,11 @@ def markdown(models: dict, runs: pd.DataFrame, summary: pd.DataFrame, pairs: pd.
         f"({', '.join(sorted(set(runs['draw']), key=int))}); test accuracy as mean ± standard "
         "deviation over the seeds.",
         "",
+    ]
+
+
+def _variants_table(models: dict, means: pd.DataFrame) -> list[str]:
+    lines = [
         "| variant | params | test accuracy | best validation accuracy | n |",
         "| --- | --- | --- | --- | --- |",
     ]
@@ -156,8 +168,11 @@ def markdown(models: dict, runs: pd.DataFrame, summary: pd.DataFrame, pairs: pd.
             f"{compare._mean_std(row.test_accuracy_mean, row.test_accuracy_std)} | "
             f"{compare._mean_std(row.best_val_accuracy_mean, row.best_val_accuracy_std)} | {row.n} |"
         )
-    lines += ["", _reduction_paragraph(means), ""]
-    lines += ["## Beyond the noise?", "", BEYOND_THE_NOISE, ""]
+    return lines
+
+
+def _noise_section(pairs: pd.DataFrame) -> list[str]:
+    lines = ["## Beyond the noise?", "", BEYOND_THE_NOISE, ""]
     lines += ["| variant | against | difference | p | Holm p | beyond the noise |"]
     lines.append("| --- | --- | --- | --- | --- | --- |")
     for row in pairs.itertuples():
@@ -168,7 +183,11 @@ def markdown(models: dict, runs: pd.DataFrame, summary: pd.DataFrame, pairs: pd.
         )
     if pairs.empty:
         lines.append("| (no two variants with two seeds or more) | | | | | |")
-    lines += ["", "## Layer by layer", ""]
+    return lines
+
+
+def _layers_section(models: dict) -> list[str]:
+    lines = ["", "## Layer by layer", ""]
     lines.append(
         "Output shape, parameters and receptive field (the input window one output "
         "position sees), read from the built network."
@@ -183,7 +202,7 @@ def markdown(models: dict, runs: pd.DataFrame, summary: pd.DataFrame, pairs: pd.
             params = f"{r.params:,}" if r.params else ""
             lines.append(f"| {r.kind} | {shape} | {params} | {field} |")
         lines.append(f"| total | | {sum(r.params for r in rows):,} | |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _reduction_paragraph(means: pd.DataFrame) -> str:

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pipeline.sweep.plan import Experiment
+from pipeline.sweep.task import Result, log_tail
 
 POLL_S = 10.0  # between `dvc queue status` calls: each costs a second of CPU the trainings need
-LOG_TAIL_LINES = 25
 
 
 def _dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -54,8 +54,18 @@ def queue_states(root: Path) -> dict[str, str]:
 
 def run_queue(
     root: Path, experiments: list[Experiment], jobs: int, on_start: Callable[[], None] = None
-) -> Iterator[dict]:
+) -> Iterator[Result]:
     """Queue every experiment, start `jobs` workers, yield each result as it ends."""
+    _queue(root, experiments)
+    started = time.monotonic()
+    _dvc(root, "queue", "start", "-j", str(jobs))
+    if on_start:
+        on_start()
+    yield from _results(root, {experiment.name for experiment in experiments}, started)
+
+
+def _queue(root: Path, experiments: list[Experiment]) -> None:
+    """`dvc exp run --queue` each experiment under its name."""
     stale = queue_states(root)
     present = existing_experiments(root)
     for experiment in experiments:
@@ -69,11 +79,10 @@ def run_queue(
             "exp", "run", "--queue", "--name", experiment.name,
             *experiment.set_params(), experiment.stage,
         )  # fmt: skip
-    started = time.monotonic()
-    _dvc(root, "queue", "start", "-j", str(jobs))
-    if on_start:
-        on_start()
-    pending = {experiment.name for experiment in experiments}
+
+
+def _results(root: Path, pending: set[str], started: float) -> Iterator[Result]:
+    """Each experiment's result, as `dvc queue status` reports it ended."""
     while pending:  # ends when DVC reports every experiment finished, one way or the other
         time.sleep(POLL_S)
         states = queue_states(root)
@@ -82,24 +91,27 @@ def run_queue(
             if state in ("Queued", "Running"):
                 continue
             pending.discard(name)
-            # DVC's queue says when an experiment has ended, not when it started: the time
-            # since the queue started ("ended after N s"), seen at the poll that saw it end.
-            seconds = {"ended after": round(time.monotonic() - started, 2)}
-            ok = state == "Success"
-            tail = "" if ok else _log_tail(root, name, state)
-            yield {
-                "name": name,
-                "ok": ok,
-                "failed_step": "" if ok else "run",
-                "seconds": seconds,
-                "log_tail": tail,
-                "host": "local",
-            }
+            yield _result(root, name, state, time.monotonic() - started)
+
+
+def _result(root: Path, name: str, state: str | None, elapsed: float) -> Result:
+    # DVC's queue says when an experiment has ended, not when it started: the time
+    # since the queue started ("ended after N s"), seen at the poll that saw it end.
+    ok = state == "Success"
+    return Result(
+        name=name,
+        ok=ok,
+        failed_step="" if ok else "run",
+        seconds={"ended after": round(elapsed, 2)},
+        log_tail="" if ok else _log_tail(root, name, state),
+        host="local",
+    )
 
 
 def _log_tail(root: Path, name: str, state: str | None) -> str:
+    """The end of `dvc queue logs`, less its colour codes."""
     logs = _dvc(root, "queue", "logs", name, check=False)
     lines = (logs.stdout + logs.stderr).strip().splitlines()
     if state is None:
         lines.append("(no longer in `dvc queue status`)")
-    return "\n".join(re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines[-LOG_TAIL_LINES:])
+    return log_tail([re.sub(r"\x1b\[[0-9;]*m", "", line) for line in lines])

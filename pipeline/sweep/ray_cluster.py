@@ -59,8 +59,11 @@ def _connect(ray, address: str) -> None:
 
 
 def run_tasks(
-    address: str, jobs: list[dict], resources: SweepParams, on_start: Callable[[], None] = None
-) -> Iterator[dict]:
+    address: str,
+    jobs: list[task.Job],
+    resources: SweepParams,
+    on_start: Callable[[], None] = None,
+) -> Iterator[task.Result]:
     """Submit every job, yield each result as it finishes (in finishing order)."""
     ray = _import_ray()
     _connect(ray, address)
@@ -81,14 +84,19 @@ def run_tasks(
             try:
                 yield ray.get(ready)
             except ray.exceptions.RayError as exc:  # the worker died, or Ray lost the task
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                yield {
-                    "name": job["name"],
-                    "ok": False,
-                    "failed_step": "ray",
-                    "seconds": {},
-                    "log_tail": f"{type(exc).__name__}: {first}",
-                    "host": "?",
-                }
+                yield _lost(job, exc)
     finally:
         ray.shutdown()
+
+
+def _lost(job: task.Job, exc: Exception) -> task.Result:
+    """A task that never returned: failed at step `ray`, the error's first line its log."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return task.Result(
+        name=job["name"],
+        ok=False,
+        failed_step="ray",
+        seconds={},
+        log_tail=f"{type(exc).__name__}: {first}",
+        host="?",
+    )

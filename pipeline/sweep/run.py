@@ -8,14 +8,18 @@ import re
 import shlex
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import yaml
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import load_params
+from pipeline.core.params import Params, SweepParams, load_params
 from pipeline.core.paths import PARAMS_FILE
 from pipeline.sweep import checks, plan
+from pipeline.sweep.task import Job, Result
 from pipeline.tracking import store
 
 
@@ -45,7 +49,7 @@ def _forwarded_env() -> dict[str, str]:
     return {name: os.environ[name] for name in names if os.environ.get(name)}
 
 
-def _describe(experiment: plan.Experiment, result: dict) -> str:
+def _describe(experiment: plan.Experiment, result: Result) -> str:
     steps = ", ".join(f"{step} {s:.1f} s" for step, s in result["seconds"].items())
     if result["ok"]:
         return f"done    {experiment.name} ({experiment.stage}, seed {experiment.seed}): {steps}"
@@ -54,6 +58,99 @@ def _describe(experiment: plan.Experiment, result: dict) -> str:
         f"FAILED  {experiment.name}: seed {experiment.seed}, stage {experiment.stage}, "
         f"step {result['failed_step']} ({steps or 'no step finished'}); its log ends:\n{tail}"
     )
+
+
+class Runner(Protocol):
+    """Where a sweep's experiments run: chosen once, from --on."""
+
+    @property
+    def where(self) -> str:
+        """For the sweep's first line: `on ...`."""
+
+    def existing(self) -> set[str]:
+        """Names of the experiments already made where this runner keeps them."""
+
+    def run(self, todo: list[plan.Experiment]) -> Iterator[Result]:
+        """Run every experiment, yield each result as it ends."""
+
+    def print_next_step(self, ran: int) -> None:
+        """How the user gets the `ran` experiments that succeeded, if they are elsewhere."""
+
+
+@dataclass(frozen=True)
+class LocalRunner:
+    """This repository's DVC queue, `jobs` experiments at a time."""
+
+    root: Path
+    jobs: int
+
+    @property
+    def where(self) -> str:
+        return f"on this machine, {self.jobs} at a time"
+
+    def existing(self) -> set[str]:
+        from pipeline.sweep.local import existing_experiments
+
+        return existing_experiments(self.root)
+
+    def run(self, todo: list[plan.Experiment]) -> Iterator[Result]:
+        from pipeline.sweep.local import run_queue
+
+        return run_queue(self.root, todo, self.jobs)
+
+    def print_next_step(self, ran: int) -> None:
+        pass  # the experiments are in this repository already
+
+
+@dataclass(frozen=True)
+class RayRunner:
+    """Tasks of a Ray cluster, whose workers clone `url` and push their experiments to
+    `git_remote`."""
+
+    root: Path
+    address: str
+    url: str
+    git_remote: str
+    resources: SweepParams
+
+    @property
+    def where(self) -> str:
+        return f"on {self.address}"
+
+    def existing(self) -> set[str]:  # the workers push their experiments to the git remote
+        return _remote_experiments(self.root, self.git_remote)
+
+    def run(self, todo: list[plan.Experiment]) -> Iterator[Result]:
+        from pipeline.sweep.ray_cluster import run_tasks
+
+        commit = checks.commit_is_pushed(self.root, self.git_remote)
+        jobs = [self._job(experiment, commit) for experiment in todo]
+        return run_tasks(self.address, jobs, self.resources)
+
+    def _job(self, experiment: plan.Experiment, commit: str) -> Job:
+        return Job(
+            git_url=self.url,
+            git_remote=self.git_remote,
+            commit=commit,
+            name=experiment.name,
+            stage=experiment.stage,
+            set_params=experiment.set_params(),
+            env=_forwarded_env(),
+        )
+
+    def print_next_step(self, ran: int) -> None:
+        if ran:
+            print(f"fetch them here: dvc exp pull {self.git_remote} <name>... (or dvc exp pull -A)")
+
+
+def _runner(
+    root: Path, on: str, jobs: int | None, git_remote: str, params: Params, uri: str
+) -> Runner:
+    """The runner --on names; a Ray one only once its setup passed every check."""
+    if on == "local":
+        return LocalRunner(root, jobs or params.sweep.jobs)
+    address, url = checks.refuse_bad_ray_setup(root, on, uri, git_remote)
+    return RayRunner(root, address, _absolute_url(root, url), git_remote, params.sweep)
 
 
 def sweep(
@@ -67,29 +164,43 @@ def sweep(
     """Run the sweep; PipelineError (exit 1) after the compare table if any failed."""
     root = Path.cwd()
     params = load_params()
-    raw = yaml.safe_load(PARAMS_FILE.read_text())
-    experiments = plan.plan(
-        params, raw, models, plan.parse_seeds(seeds), plan.parse_overrides(overrides)
-    )
+    experiments = _plan(params, models, seeds, overrides)
     uri = store.tracking_uri()
-    if on == "local":
-        address = url = ""
-    else:
-        address, url = checks.refuse_bad_ray_setup(root, on, uri, git_remote)
-        url = _absolute_url(root, url)
+    runner = _runner(root, on, jobs, git_remote, params, uri)
     store.check_reachable(uri)
-
     config = experiments[0].config
-    if address:  # the workers push their experiments to the git remote
-        existing = _remote_experiments(root, git_remote)
-    else:
-        from pipeline.sweep.local import existing_experiments
-
-        existing = existing_experiments(root)
-    done, todo = plan.split_done(experiments, existing, plan.finished_runs(config))
-    where = (
-        f"on {address}" if address else f"on this machine, {jobs or params.sweep.jobs} at a time"
+    done, todo = plan.split_done(experiments, runner.existing(), plan.finished_runs(config))
+    _announce(config, experiments, done, todo, runner.where)
+    started = time.monotonic()
+    failed = _run(runner, todo)
+    print(
+        f"sweep {plan.NAME_PREFIX}{config}: {len(todo) - len(failed)} ran, {len(failed)} failed, "
+        f"{len(done)} skipped, in {time.monotonic() - started:.0f} s",
+        flush=True,
     )
+    runner.print_next_step(len(todo) - len(failed))
+    _compare(config, sorted({e.model for e in experiments}))
+    if failed:
+        raise PipelineError(
+            f"{len(failed)} of {len(todo)} experiments failed ({', '.join(failed)}); "
+            "run the same sweep again to rerun only those"
+        )
+
+
+def _plan(
+    params: Params, models: list[str], seeds: str, overrides: list[str]
+) -> list[plan.Experiment]:
+    raw = yaml.safe_load(PARAMS_FILE.read_text())
+    return plan.plan(params, raw, models, plan.parse_seeds(seeds), plan.parse_overrides(overrides))
+
+
+def _announce(
+    config: str,
+    experiments: list[plan.Experiment],
+    done: list[plan.Experiment],
+    todo: list[plan.Experiment],
+    where: str,
+) -> None:
     print(
         f"sweep {plan.NAME_PREFIX}{config}: {len(experiments)} experiments, {len(done)} "
         f"already done (skipped), {len(todo)} to run {where}",
@@ -98,48 +209,18 @@ def sweep(
     for experiment in done:
         print(f"skip    {experiment.name}: finished experiment and MLflow run", flush=True)
 
+
+def _run(runner: Runner, todo: list[plan.Experiment]) -> list[str]:
+    """Run `todo`, print each result as it ends; the names of the failed ones."""
+    if not todo:  # no queue started, no cluster connected
+        return []
     by_name = {experiment.name: experiment for experiment in todo}
-    failed: list[str] = []
-    started = time.monotonic()
-    if todo:
-        if address:
-            from pipeline.sweep.ray_cluster import run_tasks
-
-            commit = checks.commit_is_pushed(root, git_remote)
-            jobs_ = [
-                {
-                    "git_url": url,
-                    "git_remote": git_remote,
-                    "commit": commit,
-                    "name": e.name,
-                    "stage": e.stage,
-                    "set_params": e.set_params(),
-                    "env": _forwarded_env(),
-                }
-                for e in todo
-            ]
-            results = run_tasks(address, jobs_, params.sweep)
-        else:
-            from pipeline.sweep.local import run_queue
-
-            results = run_queue(root, todo, jobs or params.sweep.jobs)
-        for result in results:
-            print(_describe(by_name[result["name"]], result), flush=True)
-            if not result["ok"]:
-                failed.append(result["name"])
-    print(
-        f"sweep {plan.NAME_PREFIX}{config}: {len(todo) - len(failed)} ran, {len(failed)} failed, "
-        f"{len(done)} skipped, in {time.monotonic() - started:.0f} s",
-        flush=True,
-    )
-    if address and len(todo) > len(failed):
-        print(f"fetch them here: dvc exp pull {git_remote} <name>... (or dvc exp pull -A)")
-    _compare(config, sorted({e.model for e in experiments}))
-    if failed:
-        raise PipelineError(
-            f"{len(failed)} of {len(todo)} experiments failed ({', '.join(failed)}); "
-            "run the same sweep again to rerun only those"
-        )
+    failed = []
+    for result in runner.run(todo):
+        print(_describe(by_name[result["name"]], result), flush=True)
+        if not result["ok"]:
+            failed.append(result["name"])
+    return failed
 
 
 def _compare(config: str, models: list[str]) -> None:

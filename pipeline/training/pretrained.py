@@ -105,13 +105,12 @@ def finetune(params: Params, base: str) -> dict:
     and the Dense layers train on those activations, sharing the network's layers, and the
     saved model is the whole network (pixels in), as on-the-fly training saves it."""
     from pipeline.models.model_io import check_keras_file, load_keras
-    from pipeline.models.pretrained import split_at, unfreeze_from
+    from pipeline.models.pretrained import unfreeze_from
 
     model = catalog.trained_model(params, "finetune", base)
     source = catalog.trained_model(params, "frozen_aug", base)
     check_keras_file(source.model_file)  # missing or truncated: before any data is read
     first_unfrozen = base_settings(params, base).finetune_from
-    copies = params.train.finetune.cached_copies
 
     def build_network():
         network = load_keras(source.model_file, compile=True)
@@ -119,10 +118,21 @@ def finetune(params: Params, base: str) -> dict:
         return network
 
     data = load_image_splits(model.image_size)
-    if not copies:
+    if not params.train.finetune.cached_copies:
         return train.run(make_job(params, model, build_model=build_network, data=data))
+    return _finetune_on_activations(params, base, model, build_network, data)
+
+
+def _finetune_on_activations(
+    params: Params, base: str, model: catalog.TrainedModel, build_network, images: Splits
+) -> dict:
+    """The cached path of finetune: its top trains on the bottom's activations."""
+    from pipeline.models.pretrained import split_at
+
+    first_unfrozen = base_settings(params, base).finetune_from
+    copies = params.train.finetune.cached_copies
     started = time.perf_counter()
-    data = _bottom_activations(build_network(), base, first_unfrozen, data, copies)
+    data = _bottom_activations(build_network(), base, first_unfrozen, images, copies)
     networks = []  # the one build_top loads inside the strategy's scope: the model saved
 
     def build_top():
