@@ -240,6 +240,28 @@ def predict(
 
 
 @stage
+def serve(
+    model: str = typer.Option(
+        None, help="A models:/ URI or an MLflow Model folder. Default: as predict's."
+    ),
+    host: Annotated[str, typer.Option("--host", "-h", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="Port to listen on.")] = 5001,
+) -> None:
+    """Not a stage: serve a model as `mlflow models serve` does (POST /invocations), refusing
+    a request body over serving.max_request_mb with HTTP 413 before reading it."""
+    from pipeline.core.params import RegistryParams, ServingParams
+    from pipeline.core.paths import PARAMS_FILE
+    from pipeline.serving.server import serve as serve_model
+
+    params = load_params() if PARAMS_FILE.is_file() else None
+    serving = params.serving if params else ServingParams()
+    registry = params.registry if params else RegistryParams()
+    serve_model(
+        model or f"models:/{registry.model_name}@champion", host, port, serving.max_request_mb
+    )
+
+
+@stage
 def compare(
     by: Annotated[
         list[str] | None,

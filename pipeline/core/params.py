@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
@@ -234,6 +235,13 @@ class SweepParams(Section):
     gpus_per_task: Annotated[Number, Field(ge=0)] = 0.0
 
 
+class ServingParams(Section):
+    """`python -m pipeline serve` (pipeline/serving/server.py); not read by any stage."""
+
+    # a request body over this is refused (HTTP 413) before it is read whole
+    max_request_mb: Annotated[Number, Field(gt=0)] = 16.0
+
+
 class MnistDataParams(Section):
     """Where the MNIST npz comes from (keras.datasets.mnist's file by default)."""
 
@@ -301,6 +309,7 @@ class Params(Section):
     registry: RegistryParams = RegistryParams()
     visualize: VisualizeParams
     sweep: SweepParams = SweepParams()
+    serving: ServingParams = ServingParams()
     mnist: MnistParams | None = None  # the section 5.1 pipeline (mnist/dvc.yaml)
 
     @model_validator(mode="after")
@@ -355,13 +364,38 @@ def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last
+    silently, while DVC's loader (ruamel.yaml) rejects the file."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # a merge (<<) may repeat keys
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):  # PyYAML's own error, below
+                continue
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(f"duplicate key {key!r} (lines {seen[key]} and {line})")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     """Read and validate params.yaml; raise PipelineError naming the file and key."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise PipelineError(f"{path}: not found; run from the project root") from None
+    except _DuplicateKey as exc:
+        raise PipelineError(f"{path}: {exc}; DVC refuses such a file: keep one of them") from None
     except yaml.YAMLError as exc:
         raise PipelineError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
     if not isinstance(raw, dict):

@@ -89,7 +89,13 @@ def load_classifier(model: str):
     if not _is_uri(model) and not Path(model).is_dir():
         return _local_classifier(Path(model))
     pyfunc = _load_registered(model)
-    size = int(pyfunc.metadata.metadata["image_size"])
+    size = (pyfunc.metadata.metadata or {}).get("image_size")
+    if size is None:  # another MLflow Model: its input is not known to be photos
+        raise PipelineError(
+            f"--model {model}: not an MLflow Model of this pipeline (no image_size in its "
+            "metadata); give one that its training stages logged, e.g. models:/dogs-vs-cats@champion"
+        )
+    size = int(size)
 
     def scores(pixels: np.ndarray):
         import pandas as pd
@@ -117,8 +123,29 @@ def _local_classifier(path: Path):
             f"--model {path} takes conv-base features, not photos (a features-<base> head); "
             "use its registered version instead: --model models:/dogs-vs-cats/<version>"
         )
+    _check_task(keras_model, path)
     size = inference.input_size(keras_model)
     return size, lambda pixels: inference.classify(keras_model, pixels)
+
+
+# (input channels, output units, final activation) of the tasks inference.classify knows
+TASKS = {(3, 1, "sigmoid"), (1, 10, "softmax")}  # dogs vs cats, MNIST
+
+
+def _check_task(keras_model, path: Path) -> None:
+    """Refuse a Keras model that is not one of TASKS: it would give confident nonsense."""
+    _, height, width, channels = keras_model.input_shape
+    output = keras_model.output_shape
+    activation = getattr(getattr(keras_model.layers[-1], "activation", None), "__name__", "")
+    units = output[-1] if len(output) == 2 else None
+    if height is not None and height == width and (channels, units, activation) in TASKS:
+        return
+    raise PipelineError(
+        f"--model {path}: not a dogs-vs-cats or MNIST classifier of this pipeline (input "
+        f"{keras_model.input_shape[1:]}, output {output[1:]} {activation or 'unknown'}); "
+        "give one that takes square images of 3 channels and ends in one sigmoid unit, "
+        "or of 1 channel ending in 10 softmax classes"
+    )
 
 
 def _load_registered(uri: str):
@@ -128,6 +155,7 @@ def _load_registered(uri: str):
     from pipeline.tracking import store
 
     store_uri = store.tracking_uri()
+    store.check_server(store_uri)
     missing = f"--model {uri}: not found in the MLflow store {store_uri}"
     if store.missing_store_file(store_uri):  # say so, rather than create an empty store
         raise PipelineError(f"{missing}; run `dvc repro` to train and register the models")

@@ -32,10 +32,10 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
-def check_reachable(uri: str) -> None:
-    """Fail fast, with the URI named, before a stage spends minutes training."""
-    scheme = urllib.parse.urlparse(uri).scheme
-    if scheme in ("http", "https"):
+def check_server(uri: str) -> None:
+    """A tracking server that does not answer, in seconds: MLflow's own client retries for
+    minutes. Nothing to check for a store that is not a server."""
+    if urllib.parse.urlparse(uri).scheme in ("http", "https"):
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
         except requests.RequestException as exc:
@@ -43,7 +43,12 @@ def check_reachable(uri: str) -> None:
                 f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({type(exc).__name__}); "
                 "start the server or unset MLFLOW_TRACKING_URI to use the local store"
             ) from None
-    elif scheme == "sqlite":
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, with the URI named, before a stage spends minutes training."""
+    check_server(uri)
+    if urllib.parse.urlparse(uri).scheme == "sqlite":
         folder = Path(uri.removeprefix("sqlite:///")).parent
         if not os.access(folder, os.W_OK):
             raise PipelineError(f"MLFLOW_TRACKING_URI={uri}: {folder} is not writable")
