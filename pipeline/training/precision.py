@@ -21,11 +21,15 @@ CPUINFO = Path("/proc/cpuinfo")
 
 def cpu_flags(cpuinfo: str) -> set[str]:
     """The feature flags of the first CPU in a /proc/cpuinfo text (x86: `flags : ...`)."""
+    return set(_first_field(cpuinfo, "flags").split())
+
+
+def _first_field(cpuinfo: str, name: str) -> str:
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return set(value.split())
-    return set()
+        if key.strip() == name:
+            return value.strip()
+    return ""
 
 
 def this_cpu_flags() -> set[str]:
@@ -33,6 +37,19 @@ def this_cpu_flags() -> set[str]:
         return cpu_flags(CPUINFO.read_text())
     except OSError:  # macOS, or a sandbox without /proc
         return set()
+
+
+def this_cpu() -> dict[str, str]:
+    """This machine's CPU model and bfloat16 units, as tags: results name where they ran."""
+    try:
+        cpuinfo = CPUINFO.read_text()
+    except OSError:
+        cpuinfo = ""
+    units = sorted(set(BF16_CPU_FLAGS) & cpu_flags(cpuinfo))
+    return {
+        "cpu.model": _first_field(cpuinfo, "model name") or "unknown",
+        "cpu.bf16_units": ",".join(units) or "none",
+    }
 
 
 def choose(switch: str, gpus: int, flags: set[str]) -> tuple[str, str]:

@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import json
+import resource
+import sys
 
 import numpy as np
 import pandas as pd
@@ -43,7 +45,14 @@ def timing(history: pd.DataFrame, seconds: float) -> dict:
     return {
         "train_seconds": round(seconds, 1),
         "seconds_per_epoch": round(seconds / len(history), 2),
+        "peak_rss_mb": round(peak_rss_mb()),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def without_timing(history: pd.DataFrame) -> pd.DataFrame:

@@ -94,4 +94,5 @@ def describe(runtime: Runtime) -> dict[str, str]:
         "precision_reason": runtime.precision_reason,
         "jit_compile": str(runtime.jit_compile).lower(),  # XLA: what the runs compare
         "gpus": str(len(_gpus())),
+        **precision.this_cpu(),
     }
