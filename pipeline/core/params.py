@@ -21,7 +21,6 @@ from pydantic import (
     Field,
     Strict,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -187,15 +186,17 @@ class BaseParams(Section):
 KNOWN_BASES = ("vgg16", "efficientnet_lite0")
 
 
-class PretrainedParams(Section):
-    bases: dict[str, BaseParams]
+def _known_base(name: str) -> str:
+    if name not in KNOWN_BASES:
+        raise ValueError(f"unknown conv base {name!r}; known: {', '.join(KNOWN_BASES)}")
+    return name
 
-    @model_validator(mode="after")
-    def _known_bases(self) -> PretrainedParams:
-        for name in self.bases:
-            if name not in KNOWN_BASES:
-                raise ValueError(f"unknown conv base {name!r}; known: {', '.join(KNOWN_BASES)}")
-        return self
+
+BaseName = Annotated[str, AfterValidator(_known_base)]
+
+
+class PretrainedParams(Section):
+    bases: dict[BaseName, BaseParams]
 
 
 class RegistryParams(Section):
@@ -207,15 +208,7 @@ class FilterPatternParams(Section):
     steps: PositiveInt = 30
     step_size: Annotated[Number, Field(gt=0)] = 1.0
     image_size: Annotated[Int, Field(ge=MIN_SCRATCH_IMAGE_SIZE, le=1024)] = 64
-    layers: dict[str, list[str]] = Field(default_factory=dict)
-
-    @field_validator("layers")
-    @classmethod
-    def _known_bases(cls, layers: dict[str, list[str]]) -> dict[str, list[str]]:
-        for name in layers:
-            if name not in KNOWN_BASES:
-                raise ValueError(f"unknown conv base {name!r}; known: {', '.join(KNOWN_BASES)}")
-        return layers
+    layers: dict[BaseName, list[str]] = Field(default_factory=dict)
 
 
 class VisualizeParams(Section):
@@ -333,6 +326,8 @@ class Params(Section):
 def _describe(error: dict, model: type[BaseModel]) -> str:
     """One line for one pydantic error: the dotted key, what is wrong, what to do."""
     loc = [str(part) for part in error["loc"]]
+    if loc[-1:] == ["[key]"]:  # a dict's key is wrong (a conv base): name the dict, once
+        loc, error = loc[:-2], {**error, "input": {}}
     key = ".".join(loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         known = _fields_at(model, loc[:-1])
