@@ -1,9 +1,10 @@
+"""The fixtures every test module can use; the run order is tests/run_order.py's."""
+
 from __future__ import annotations
 
 import os
 import sys
 import threading
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,14 @@ from tests.helpers.project import NO_ANALYTICS, TrainedProject, copy_project
 from tests.helpers.servers import ArchiveServer
 from tests.helpers.trained import SharedBuild
 
+# the order the tests reach the xdist workers, and `--reverse`
+pytest_plugins = ["tests.run_order"]
+
 # and for the processes the tests start without command_env (the build, Ray, MLflow servers)
 os.environ.update(NO_ANALYTICS)
 
-TRAINED = "trained_project"
-COPY = "project_copy"  # a test that changes a copy of the trained project
-# CFS weight 335 against the build's 1024; 15 starved the Ray sweep test (77 -> 231 s)
+# CFS weight 335 against the build's 1024: the build gets the larger share of a core, and
+# the tests that wait beside it (the Ray sweep's) still get enough of theirs
 BUILD_HEADSTART_NICENESS = 5
 
 
@@ -25,7 +28,7 @@ BUILD_HEADSTART_NICENESS = 5
 def shared_build(request, tmp_path_factory) -> SharedBuild | None:
     """Starts the build of the trained project as this worker's session begins, if any of its
     collected tests needs it (tests/helpers/trained.py: one build for every worker)."""
-    if not any(TRAINED in item.fixturenames for item in request.session.items):
+    if not any("trained_project" in item.fixturenames for item in request.session.items):
         yield None
         return
     # under xdist each worker's basetemp is a folder of the run's own (popen-gwN)
@@ -74,72 +77,3 @@ def float32_after_each_test():
     yield
     if "keras" in sys.modules:
         sys.modules["keras"].mixed_precision.set_global_policy("float32")
-
-
-def pytest_addoption(parser):
-    parser.addoption(
-        "--reverse",
-        action="store_true",
-        help="run the tests in reverse order (a check that no test depends on another's run)",
-    )
-
-
-def pytest_configure(config):
-    # xdist hands out its work units (a group, or a test) in the order _RunOrder leaves them,
-    # not reordered by its own rule (most tests first), which put the Ray sweep's test, a
-    # unit of one, behind every group
-    if hasattr(config.option, "loadscopereorder"):
-        config.option.loadscopereorder = False
-    config.pluginmanager.register(_RunOrder(), "run-order")
-
-
-# tryfirst: xdist's worker reads the xdist_group marks in its own pytest_collection_modifyitems,
-# which otherwise runs before this one and sees none
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if group := _module_fixture_group(item):
-            item.add_marker(pytest.mark.xdist_group(group))
-
-
-class _RunOrder:
-    """The order of the work units (a group, or a test) xdist hands to its workers."""
-
-    @pytest.hookimpl(trylast=True)  # after `-m` has deselected what does not run
-    def pytest_collection_modifyitems(self, config, items):
-        unit = {item.nodeid: _module_fixture_group(item) or item.nodeid for item in items}
-        size = Counter(unit.values())
-        reads = {unit[item.nodeid] for item in items if TRAINED in item.fixturenames}
-        waits = {unit[item.nodeid] for item in items if item.get_closest_marker("waits")}
-        copies = {unit[item.nodeid] for item in items if COPY in item.fixturenames}
-
-        # First the units that wait (on a Ray cluster's start, say), so other tests' work fills
-        # their waits: the Ray sweep started late was the slow tier's idle last 90 s. Then the
-        # largest units (most tests) first, as xdist orders them itself. Last the units that
-        # read the trained project: its build (started as the session begins) overlaps every
-        # other test, and then they spread over the workers; of those, first the ones that
-        # change a copy and rerun stages (10-35 s each), so that the tier ends on short reads
-        # and not on one worker still retraining (the last 30 s ran at half load that way).
-        # Stable: file order within a rank.
-        def rank(item):
-            u = unit[item.nodeid]
-            return u in reads, u not in waits, u not in copies, -size[u]
-
-        items.sort(key=rank)
-        if config.getoption("--reverse"):
-            items.reverse()
-
-
-def _module_fixture_group(item) -> str | None:
-    """Under `pytest -n N --dist loadgroup` (README: tests), the tests of a module that share a
-    module-scoped fixture (its own trained model, say) run on one worker, so it is built
-    once; the rest spread over the workers. The session's trained project is built once
-    for every worker (tests/helpers/trained.py), so its readers need no group."""
-    scopes = {
-        fixturedef.scope
-        for fixturedefs in item._fixtureinfo.name2fixturedefs.values()
-        for fixturedef in fixturedefs
-    }
-    if "module" in scopes:
-        return item.module.__name__
-    return None

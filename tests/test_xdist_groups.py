@@ -1,9 +1,10 @@
-"""The README's `pytest -n 2 --dist loadgroup` builds a module's expensive fixture on one worker
-only if the groups tests/conftest.py assigns reach xdist's scheduler. With pytest 9.2 they silently
-do not (pytest-dev/pytest-xdist#1386): every test still passes, and CI builds those fixtures
-on both workers. The readers of the session's trained project carry no group: it is built once
-for all workers (tests/helpers/trained.py), and they spread over them. This runs the project's own grouping hook under xdist and reads the groups
-back from the node ids xdist reports."""
+"""`pytest -n 2 --dist loadgroup` builds a module's expensive fixture on one worker only if the
+groups tests/run_order.py assigns reach xdist's scheduler. With pytest 9.2 they silently do
+not (pytest-dev/pytest-xdist#1386): every test still passes, and the fixtures are built on
+both workers. The readers of the session's trained project carry no group: it is built once
+for all workers (tests/helpers/trained.py), and they spread over them. This runs the
+project's own grouping hook under xdist and reads the groups back from the node ids xdist
+reports."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFTEST = """
 import pytest
 # the hooks under test (the grouping reads the `--reverse` option it adds)
-from tests.conftest import pytest_addoption, pytest_collection_modifyitems
+from tests.run_order import pytest_addoption, pytest_collection_modifyitems
 
 @pytest.fixture(scope="session")
 def trained_project():
