@@ -61,6 +61,13 @@ def test_first_repro_runs_every_stage_once(repro):
     assert sorted(stages) == sorted(expected)
     for line in ("Epoch 1/3", "val_accuracy"):
         assert line in repro.output  # per-epoch progress lines
+    assert "oneDNN" not in repro.output  # TensorFlow's start-up notices stay quiet
+
+
+def test_status_of_the_pipeline_that_ran_is_clean(project):
+    """The README's check after `dvc repro`: the pipeline it ran, not mnist/dvc.yaml too."""
+    status = run(["dvc", "status", "dvc.yaml"], project).stdout
+    assert "Data and pipelines are up to date." in status, status
 
 
 def test_from_scratch_model_learns(project):
