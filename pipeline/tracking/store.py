@@ -29,7 +29,7 @@ EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "dogs-vs-cats")
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or own_store_uri()
 
 
 def check_server(uri: str) -> None:
@@ -46,12 +46,19 @@ def check_server(uri: str) -> None:
 
 
 def check_reachable(uri: str) -> None:
-    """Fail fast, with the URI named, before a stage spends minutes training."""
+    """Fail fast, with the URI named, before a stage spends minutes training: a server that
+    does not answer, a sqlite store that cannot be written (before any run starts in it)."""
     check_server(uri)
     if urllib.parse.urlparse(uri).scheme == "sqlite":
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not os.access(folder, os.W_OK):
-            raise PipelineError(f"MLFLOW_TRACKING_URI={uri}: {folder} is not writable")
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not os.access(path.parent, os.W_OK):
+            raise PipelineError(f"MLFLOW_TRACKING_URI={uri}: {path.parent} is not writable")
+        # os.access sees chmod, chattr +i and a read-only mount, as sqlite will
+        if path.is_file() and not os.access(path, os.W_OK):
+            raise PipelineError(
+                f"MLflow store {path} is read-only: make it writable (chmod u+w, or chattr -i) "
+                "and run again, or set MLFLOW_TRACKING_URI to a store you can write"
+            )
 
 
 def missing_store_file(uri: str) -> Path | None:
@@ -70,15 +77,68 @@ def connect() -> str:
     uri = tracking_uri()
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
         artifacts = None
         if uri.startswith("sqlite:"):
-            artifacts = (project_root() / "mlartifacts").as_uri()
+            artifacts = artifact_root().as_uri()
         # Another stage may create it in the meantime.
         with contextlib.suppress(mlflow.exceptions.MlflowException):
             mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    elif uri == own_store_uri():
+        adopt_copied_store(uri, experiment.artifact_location)
     mlflow.set_experiment(EXPERIMENT)
     return uri
+
+
+def own_store_uri() -> str:
+    """The project's own store, where MLFLOW_TRACKING_URI is not set."""
+    return f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def artifact_root() -> Path:
+    """Where the project's own store keeps run artifacts."""
+    return project_root() / "mlartifacts"
+
+
+def _artifact_columns():
+    """Every column where MLflow's sqlite store keeps an absolute artifact location."""
+    from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLoggedModel, SqlRun
+
+    return (
+        SqlExperiment.artifact_location,
+        SqlRun.artifact_uri,
+        SqlLoggedModel.artifact_location,
+        SqlModelVersion.storage_location,
+        SqlModelVersion.source,
+    )
+
+
+def adopt_copied_store(uri: str, location: str) -> None:
+    """A project copied or moved (cp -r, tar) brings a store whose artifact locations are the
+    original's `mlartifacts`: point them at this project's (the copy holds the same files),
+    so that the copy reads and writes its own. MLflow stores them absolute and has no API to
+    change them: its own table models rewrite them here, in one transaction."""
+    import sqlalchemy as sa
+
+    ours = artifact_root().as_uri()
+    if location == ours or not (
+        location.startswith("file://") and location.endswith("/mlartifacts")
+    ):
+        return
+    engine = sa.create_engine(uri)
+    try:
+        with engine.begin() as connection:
+            for column in _artifact_columns():
+                moved = sa.literal(ours) + sa.func.substr(column, len(location) + 1)
+                inside = sa.or_(
+                    column == location, column.startswith(location + "/", autoescape=True)
+                )
+                connection.execute(sa.update(column.class_).where(inside).values({column: moved}))
+    finally:
+        engine.dispose()
+    print(f"MLflow store {uri}: copied from {location}; its artifacts are now in {ours}")
 
 
 def repro_id() -> str:
