@@ -50,7 +50,8 @@ def build_once(root: Path) -> None:
         project = tiny_project(root, BUILD_PATCH)
         result = run(["dvc", "repro"], project, check=False)
         (root / "first-repro.log").write_text(result.stdout + result.stderr)
-        outcome = {"returncode": result.returncode, "stdout": result.stdout}
+        # both streams: the stages' own lines (TensorFlow's among them) go to stderr
+        outcome = {"returncode": result.returncode, "stdout": result.stdout + result.stderr}
         tmp = root / "result.json.tmp"
         tmp.write_text(json.dumps(outcome))
         tmp.rename(root / "result.json")  # last: its presence says the build ended
