@@ -1,5 +1,6 @@
 """`python -m pipeline compare` on real tiny trainings in a real MLflow store (slow), and
-in this process on runs logged here to a real store (fast).
+in this process on runs logged here to a real store (fast), and its refusal of a store that
+does not exist.
 
 Seven short trainings, in-process: baseline with seeds 1-3 (and seed 3 twice: only the
 latest counts), an older baseline configuration (2 epochs) for seed 1, augmented with
@@ -15,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+from pipeline.core.errors import PipelineError
 from pipeline.reporting.compare import Selection, holm, pairwise
 from tests.helpers.project import run, tiny_project, update_params
 from tests.helpers.tracking import client_of, store_uri, tracked_runs
@@ -229,3 +231,13 @@ def test_run_compare_in_process_on_runs_it_logs(tmp_path, monkeypatch):
         experiment_names=[store.EXPERIMENT], filter_string="attributes.run_name = 'compare'"
     )
     assert len(logged) == 1
+
+
+def test_compare_refuses_a_store_that_does_not_exist(tmp_path, monkeypatch):
+    from pipeline.reporting.compare import run_compare
+
+    store = tmp_path / "nope.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    with pytest.raises(PipelineError, match=f"the MLflow store sqlite:///{store} does not exist"):
+        run_compare(Selection())
+    assert not store.exists()

@@ -1,5 +1,16 @@
+"""Getting the data (pipeline/data/download.py, pipeline/data/fetch.py): both archive layouts
+over HTTP, from a path or a file URL; bad images skipped and counted; retries, resumed and
+cached transfers; and every way a download or an archive fails, in one line, with deadlines
+of a fraction of a second against local servers that trickle or never answer."""
+
+from __future__ import annotations
+
 import hashlib
 import json
+import re
+import socket
+import threading
+import time
 import zipfile
 
 import pytest
@@ -170,3 +181,92 @@ def test_no_recognisable_images_or_a_missing_class(tmp_path, outputs):
     with pytest.raises(PipelineError, match="no valid dog images"):
         download(DataParams(source=str(cats_only)), **outputs)
     assert not outputs["images_dir"].exists()
+
+
+class _Trickle(threading.Thread):
+    """An HTTP server on 127.0.0.1 that answers at once, then sends its body one byte per
+    `every` seconds, for at most `seconds` per connection."""
+
+    def __init__(self, every: float = 0.05, seconds: float = 5.0):
+        super().__init__(daemon=True)
+        self.every, self.seconds = every, seconds
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}/a.zip"
+        self.connections = 0
+
+    def run(self):
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:  # closed: the test is over
+                return
+            self.connections += 1
+            threading.Thread(target=self._trickle, args=(connection,), daemon=True).start()
+
+    def _trickle(self, connection):
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            deadline = time.monotonic() + self.seconds
+            try:
+                while time.monotonic() < deadline:
+                    connection.sendall(b"x")
+                    time.sleep(self.every)
+            except OSError:  # the client gave up
+                return
+
+
+def test_a_trickling_server_fails_the_minimum_rate(tmp_path):
+    server = _Trickle()
+    server.start()
+    transfer = TransferParams(timeout_seconds=0.4, attempts=2, min_bytes_per_second=1000)
+    started = time.monotonic()
+    try:
+        with pytest.raises(PipelineError) as error:
+            fetch_archive(server.url, cache_dir=tmp_path, transfer=transfer, backoff_seconds=0)
+    finally:
+        server.socket.close()
+    assert time.monotonic() - started < 3  # two windows of 0.4 s, not the server's 5 s
+    assert server.connections == 2
+    message = str(error.value)
+    assert f"cannot download {server.url} after 2 attempts" in message
+    # the window measured: at least the 0.4 s asked for, more on a loaded machine (0.5 seen)
+    window = re.search(
+        r"slower than data.transfer.min_bytes_per_second=1000: \d+ bytes in ([\d.]+) s", message
+    )
+    assert window and 0.4 <= float(window[1]) < 1.5, message
+
+
+def test_a_server_that_never_answers_gives_up_after_attempts_times_timeout(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/a.zip"
+        transfer = TransferParams(timeout_seconds=0.3, attempts=2)
+        started = time.monotonic()
+        with pytest.raises(
+            PipelineError, match=r"no answer within data.transfer.timeout_seconds=0.3 s"
+        ):
+            fetch_archive(url, cache_dir=tmp_path, transfer=transfer, backoff_seconds=0)
+        assert time.monotonic() - started < 2
+
+
+def test_a_damaged_local_archive_is_never_to_be_deleted(tmp_path, archive_server):
+    archive = write_archive(tmp_path / "mine.zip", per_class=3)
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as z:
+        member = z.infolist()[2]
+    start = member.header_offset + 30 + len(member.filename) + 100
+    data[start : start + 16] = bytes(16)  # its CRC no longer matches
+    outputs = {"images_dir": tmp_path / "images", "report_file": tmp_path / "report.json"}
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(archive.read_bytes()[: len(data) // 2])
+    (tmp_path / "crc.zip").write_bytes(bytes(data))
+    for name in ("cut.zip", "crc.zip"):
+        with pytest.raises(PipelineError) as error:
+            download(DataParams(source=str(tmp_path / name)), **outputs)
+        message = str(error.value)
+        assert message.startswith(f"{tmp_path / name}: ") and "the file is damaged" in message
+        assert "delete" not in message
+        assert (tmp_path / name).is_file()
+    (archive_server.directory / "crc.zip").write_bytes(bytes(data))
+    with pytest.raises(PipelineError, match="the download is truncated or damaged: delete it"):
+        download(DataParams(source=f"{archive_server.url}/crc.zip"), **outputs)

@@ -1,3 +1,8 @@
+"""params.yaml (pipeline/core/params.py): the shipped file is valid and the book's, and every
+bad value (a wrong key, a number out of range, a boolean where a number belongs) is one line
+that names its key, before any work; the experiments' args files give valid params."""
+
+import re
 import subprocess
 import sys
 
@@ -85,6 +90,56 @@ def test_bad_params_are_one_clear_error(tmp_path, update, expected):
     assert message.startswith(f"{path}: ")
     assert expected in message
     assert "\n" not in message
+
+
+def numeric_keys(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from numeric_keys(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{prefix}{key}"
+        elif isinstance(value, list) and value and isinstance(value[0], int):
+            yield f"{prefix}{key}.0"
+
+
+SHIPPED = yaml.safe_load((ROOT / "params.yaml").read_text())
+NUMBERS = list(numeric_keys(SHIPPED))
+
+
+def test_every_number_of_params_is_found():
+    assert len(NUMBERS) > 40 and "train.baseline.epochs" in NUMBERS
+    assert "data.transfer.min_bytes_per_second" in NUMBERS and "prepare.image_sizes.0" in NUMBERS
+
+
+@pytest.mark.parametrize("key", NUMBERS)
+def test_a_boolean_is_no_number_anywhere_in_params(tmp_path, key):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[int(leaf) if isinstance(node, list) else leaf] = True
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PipelineError, match=rf"{re.escape(key)}: Input should be a .*\(got True\)"):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "expected"),
+    [
+        ("data", {"source": "x.zip", "sha256": "abc"}, "empty, or 64 hex digits (0-9, a-f)"),
+        ("data", {"source": "x.zip", "transfer": {"timeout_seconds": 0}}, "greater than 0"),
+        ("data", {"source": "x.zip", "transfer": {"atempts": 2}}, "did you mean 'attempts'"),
+    ],
+)
+def test_data_params_in_words(tmp_path, section, value, expected):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw[section] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(PipelineError, match=re.escape(expected)):
+        load_params(path)
 
 
 def test_not_yaml_and_missing_file(tmp_path):

@@ -1,14 +1,13 @@
 """Trained models you can use: MLflow Models, the registry's champion, `predict`, a served model.
 
-One tiny learnable project (synthetic photos; VGG16 with random weights) trained by a real
-`dvc repro` with a real MLflow store; every test reads it. The model is loaded in fresh
-processes and served by a real `mlflow models serve` on 127.0.0.1.
-"""
+Slow: the test run's trained project (synthetic photos; VGG16 with random weights), trained
+by a real `dvc repro` with a real MLflow store; its models are loaded in fresh processes and
+served by a real `mlflow models serve` on 127.0.0.1. Fast, in this process: `predict`'s model
+argument and the served model's refusals, on a tiny Keras model saved here."""
 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import re
@@ -23,11 +22,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-from PIL import Image
 
+from pipeline.core.errors import PipelineError
 from pipeline.core.files import read_metrics
+from pipeline.data import images
+from tests.helpers.photos import encoded, photo
 from tests.helpers.project import command_env, run
 from tests.helpers.synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image
+from tests.helpers.tiny_model import save_tiny_keras
 from tests.helpers.tracking import client_of, experiment_id, store_uri, tracked_runs
 
 NAME = "dogs-vs-cats"
@@ -241,21 +243,6 @@ def test_predict_with_no_champion_says_to_run_dvc_repro(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # no empty store made on the way
 
 
-def test_decode_applies_exif_orientation():
-    from pipeline.data.images import decode
-
-    rng = np.random.default_rng(3)
-    upright = Image.fromarray(rng.integers(0, 255, (40, 24, 3), dtype=np.uint8)).resize((80, 48))
-    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a phone stores a portrait shot
-    exif = Image.Exif()
-    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
-    buffer = io.BytesIO()
-    stored.save(buffer, format="PNG", exif=exif)
-    plain = io.BytesIO()
-    upright.save(plain, format="PNG")
-    np.testing.assert_array_equal(decode(buffer.getvalue(), 32), decode(plain.getvalue(), 32))
-
-
 def test_pixels_and_bad_input_of_the_pyfunc():
     from mlflow.exceptions import MlflowException
 
@@ -272,6 +259,71 @@ def test_pixels_and_bad_input_of_the_pyfunc():
         with pytest.raises(MlflowException, match=re.escape(message)) as info:
             pixels_of(frame, 16)
         assert info.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+@pytest.fixture(scope="module")
+def tiny_keras(tmp_path_factory) -> Path:
+    return save_tiny_keras(tmp_path_factory.mktemp("model") / "tiny.keras")
+
+
+def test_predict_model_is_a_local_file_unless_it_is_a_uri(tmp_path, monkeypatch, tiny_keras):
+    from pipeline.serving import predict
+
+    def no_store(uri):
+        raise AssertionError(f"{uri} was looked up in the MLflow store")
+
+    monkeypatch.setattr(predict, "_load_registered", no_store)
+    for missing in ("missing.h5", "missing.keras", str(tmp_path / "dir/model")):
+        with pytest.raises(PipelineError, match=f"^--model {re.escape(missing)}: no such file"):
+            predict.load_classifier(missing)
+    size, scores = predict.load_classifier(str(tiny_keras))
+    assert size == 32 and scores(np.zeros((2, 32, 32, 3), np.uint8))["p_dog"].shape == (2,)
+    with pytest.raises(AssertionError, match="models:/dogs-vs-cats@champion was looked up"):
+        predict.load_classifier("models:/dogs-vs-cats@champion")
+
+
+@pytest.fixture(scope="module")
+def served_pyfunc(tmp_path_factory, tiny_keras):
+    """The MLflow Model of the tiny Keras model, saved and loaded as MLflow serves it: its
+    schema check runs before our pyfunc."""
+    import mlflow
+
+    from pipeline.serving import inference
+
+    path = tmp_path_factory.mktemp("pyfunc") / "model"
+    mlflow.pyfunc.save_model(
+        path,
+        python_model=Path(inference.__file__).with_name("entry.py"),
+        artifacts={inference.KERAS_ARTIFACT: str(tiny_keras)},
+        signature=inference.signature(),
+        pip_requirements=[],
+    )
+    return mlflow.pyfunc.load_model(str(path))
+
+
+def test_the_served_model_says_which_columns_it_reads(served_pyfunc):
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.serving.inference import pixels_of
+
+    with pytest.raises(MlflowException, match="got neither; only these two columns are read"):
+        served_pyfunc.predict(pd.DataFrame({"img": [b"x"]}))
+    with pytest.raises(MlflowException, match=r"got the columns \['img'\]"):
+        pixels_of(pd.DataFrame({"img": [b"x"]}), 32)  # without MLflow's schema check
+
+
+def test_the_served_model_refuses_a_photo_over_the_limit_and_serves_on(served_pyfunc, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setattr(images, "MAX_PIXELS", 1_000_000)
+    too_big = encoded(photo((1500, 1000)), "PNG")
+    with pytest.raises(MlflowException, match=r"row 0: too large: 1500 x 1000 pixels") as error:
+        served_pyfunc.predict(pd.DataFrame({"image": [too_big]}))
+    assert error.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "send JPEG, PNG or WebP" not in str(error.value)
+    huge_jpeg = encoded(photo((2400, 2400)), "JPEG")  # decoded at 1/8 for 32 px: 300 x 300
+    answer = served_pyfunc.predict(pd.DataFrame({"image": [huge_jpeg]}))
+    assert answer["label"].iloc[0] in ("cat", "dog") and 0 <= answer["p_dog"].iloc[0] <= 1
 
 
 @pytest.mark.slow
