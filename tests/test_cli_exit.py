@@ -1,8 +1,8 @@
 """How `python -m pipeline` ends (pipeline/cli.py `_exit`): a process that loaded TensorFlow
-skips the interpreter's teardown (2-2.5 s a stage) but keeps its exit code, its flushed
-output and Python's exit hooks; with a non-daemon thread still running it exits normally.
-A bad argument or bad params end it with one line and status 1 before any work: before
-TensorFlow loads, before `check` lets DVC remove anything.
+skips the interpreter's teardown (seconds a stage: docs/performance.md) but keeps its exit
+code, its flushed output and Python's exit hooks; with a non-daemon thread still running it
+exits normally. A bad argument or bad params end it with one line and status 1 before any
+work: before TensorFlow loads, before `check` lets DVC remove anything.
 
 The child processes stand a bare module in for TensorFlow: `_exit` only asks whether it was
 imported, and the real import would cost seconds a test."""
