@@ -300,7 +300,14 @@ def sweep(
     seeds: Annotated[str, typer.Option(help="Seeds: 1-5, 1,3,7 or 1-3,9.")] = "1-3",
     set_param: Annotated[
         list[str] | None,
-        typer.Option("--set-param", "-S", help="key=value for every experiment (repeatable)."),
+        typer.Option(
+            "--set-param",
+            "-S",
+            help="key=value, or a grid: key=0.3,0.5, key=choice(...), key=range(...) (repeatable).",
+        ),
+    ] = None,
+    args_file: Annotated[
+        str | None, typer.Option(help="A file of -S options (experiments/*.args), before -S.")
     ] = None,
     on: Annotated[
         str,
@@ -314,11 +321,54 @@ def sweep(
         str, typer.Option(help="--on ray: the git remote workers clone and push to.")
     ] = "origin",
 ) -> None:
-    """Not a stage: one DVC experiment per (model, seed), here or on a Ray cluster; skips the
-    finished ones, reruns the failed ones, then prints the compare table."""
+    """Not a stage: one DVC experiment per (model, configuration of the grid, seed), here or
+    on a Ray cluster; skips the finished ones, reruns the failed ones, then ranks the
+    configurations (reports/sweep-<id>.md)."""
+    import shlex
+
     from pipeline.sweep.run import sweep as run_sweep
 
-    run_sweep(model or [], seeds, set_param or [], on, jobs, git_remote)
+    argv = "".join(" " + shlex.quote(a) for a in sys.argv[2:])
+    run_sweep(model or [], seeds, set_param or [], on, jobs, git_remote, args_file, argv)
+
+
+@stage
+def search(
+    model: Annotated[str, typer.Option(help="The model to tune: baseline, augmented, ...")],
+    trials: Annotated[int, typer.Option(min=1, help="Complete trials the study reaches.")] = 20,
+    set_param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set-param",
+            "-S",
+            help="The space: key=choice(...), range(...), interval(...); key=value is fixed.",
+        ),
+    ] = None,
+    args_file: Annotated[
+        str | None, typer.Option(help="A file of -S options (experiments/*.args), before -S.")
+    ] = None,
+    seeds: Annotated[
+        str, typer.Option(help="Seeds the winner and the book's settings then train.")
+    ] = "1-3",
+    study: Annotated[
+        str | None, typer.Option(help="The study, in .optuna/<study>.db; default from the space.")
+    ] = None,
+    on: Annotated[
+        str,
+        typer.Option(help="local (the DVC queue), ray://HOST:PORT, or auto (RAY_ADDRESS)."),
+    ] = "local",
+    git_remote: Annotated[
+        str, typer.Option(help="--on ray: the git remote workers clone and push to.")
+    ] = "origin",
+) -> None:
+    """Not a stage: an Optuna TPE search, one DVC experiment per trial, resumable; then the
+    winner against the book's settings over seeds (reports/search-<study>.md)."""
+    import shlex
+
+    from pipeline.sweep.search import search as run_search
+
+    argv = "".join(" " + shlex.quote(a) for a in sys.argv[2:])
+    run_search(model, trials, set_param or [], seeds, study, on, git_remote, args_file, argv)
 
 
 def main() -> None:

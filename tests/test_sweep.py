@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from pipeline.core.errors import PipelineError
-from pipeline.sweep import checks, plan
+from pipeline.sweep import checks, grid, plan, report
+from pipeline.sweep import run as sweep_run
 from tests.helpers.project import ROOT, command_env, make_project, run
 from tests.helpers.servers import RAY_ENV, MlflowServer, RayHead, free_port
 
@@ -48,14 +49,6 @@ def test_bad_seeds_are_refused(text, message):
         plan.parse_seeds(text)
 
 
-def test_overrides_are_key_value_and_never_the_seed():
-    assert plan.parse_overrides(["train.baseline.epochs=2"]) == ("train.baseline.epochs=2",)
-    with pytest.raises(PipelineError, match="expected key=value"):
-        plan.parse_overrides(["train.baseline.epochs"])
-    with pytest.raises(PipelineError, match="use --seeds"):
-        plan.parse_overrides(["train.seed=3"])
-
-
 @pytest.fixture(scope="module")
 def params():
     from pipeline.core.params import load_params
@@ -65,18 +58,18 @@ def params():
 
 def test_plan_is_one_experiment_per_model_and_seed(params):
     typed, raw = params
-    every = plan.plan(typed, raw, [], [1, 2], ())
+    every = plan.plan(typed, raw, [], [1, 2], [()])
     assert len(every) == 2 * 8  # 2 scratch models + 3 pretrained ones on 2 bases
     assert every[0].stage == "baseline" and every[0].seed == 1
     chosen = plan.plan(
-        typed, raw, ["features-efficientnet_lite0"], [4], ("train.features.epochs=5",)
+        typed, raw, ["features-efficientnet_lite0"], [4], [("train.features.epochs=5",)]
     )
     (experiment,) = chosen
     assert experiment.stage == "features@efficientnet_lite0"
     assert re.fullmatch(r"sweep-[0-9a-f]{8}-features-efficientnet_lite0-s4", experiment.name)
     assert experiment.set_params() == ["-S", "train.seed=4", "-S", "train.features.epochs=5"]
     with pytest.raises(PipelineError, match="--model nope: unknown model; one of baseline"):
-        plan.plan(typed, raw, ["nope"], [1], ())
+        plan.plan(typed, raw, ["nope"], [1], [()])
 
 
 def test_config_names_what_is_trained_not_how_the_sweep_runs(params):
@@ -90,12 +83,200 @@ def test_config_names_what_is_trained_not_how_the_sweep_runs(params):
 
 def test_done_needs_both_the_experiment_and_a_finished_run(params):
     typed, raw = params
-    one, two, three = plan.plan(typed, raw, ["baseline"], [1, 2, 3], ())
+    one, two, three = plan.plan(typed, raw, ["baseline"], [1, 2, 3], [()])
     exps = {one.name, two.name}  # three: never ran
     finished = {one.name, three.name}  # two: its run was killed
     done, todo = plan.split_done([one, two, three], exps, finished)
     assert done == [one] and todo == [two, three]
     assert plan.exp_name_of_ref(f"refs/exps/ab/cdef0123/{one.name}") == one.name
+
+
+# --- fast: the grid -------------------------------------------------------------------
+
+GRID = ["train.baseline.learning_rate=0.001,0.002", "train.baseline.epochs=2"]
+
+
+def test_a_grid_is_every_combination_of_hydras_sweep_syntax():
+    cells = grid.expand(
+        ["train.augmented.dropout=0.3,0.5", "train.augmented.learning_rate=choice(1e-4,1e-3)"]
+        + ["train.augmented.epochs=range(2,7,2)", "~pretrained.bases.vgg16"]
+    )
+    assert len(cells) == 2 * 2 * 3
+    assert cells[0] == (
+        "train.augmented.dropout=0.3",
+        "train.augmented.learning_rate=0.0001",
+        "train.augmented.epochs=2",
+        "~pretrained.bases.vgg16",  # as given: a plain sweep with it names the same experiments
+    )
+    assert cells[-1][:3] == (
+        "train.augmented.dropout=0.5",
+        "train.augmented.learning_rate=0.001",
+        "train.augmented.epochs=6",
+    )
+    assert grid.varying(cells) == [
+        "train.augmented.dropout",
+        "train.augmented.learning_rate",
+        "train.augmented.epochs",
+    ]
+    floats = grid.expand(["train.augmented.dropout=range(0.1,0.35,0.1)"])
+    assert floats == [(f"train.augmented.dropout={v}",) for v in ("0.1", "0.2", "0.3")]
+    assert grid.expand([]) == [()]
+
+
+def test_grid_names_are_stable_and_shared_with_a_plain_sweep(params):
+    typed, raw = params
+    experiments = plan.plan(typed, raw, ["baseline"], [1, 2], grid.expand(GRID))
+    assert [(e.overrides[0][-5:], e.seed) for e in experiments] == [
+        ("0.001", 1), ("0.001", 2), ("0.002", 1), ("0.002", 2),
+    ]  # fmt: skip
+    assert len({e.name for e in experiments}) == 4
+    assert len({e.config for e in experiments}) == 2  # one per configuration, for every seed
+    again = plan.plan(typed, raw, ["baseline"], [1, 2], grid.expand(GRID))
+    assert [e.name for e in again] == [e.name for e in experiments]
+    # The same configuration given as plain -S (in another order) is the same experiment.
+    (alone,) = plan.plan(
+        typed,
+        raw,
+        ["baseline"],
+        [2],
+        [("train.baseline.epochs=2", "train.baseline.learning_rate=0.002")],
+    )
+    assert alone.name == experiments[3].name
+    assert experiments[0].set_params() == [
+        "-S", "train.seed=1", "-S", "train.baseline.learning_rate=0.001",
+        "-S", "train.baseline.epochs=2",
+    ]  # fmt: skip
+    digest = plan.sweep_digest(raw, GRID, ["baseline"])
+    assert plan.sweep_digest(raw, GRID, ["baseline"]) == digest
+    assert plan.sweep_digest(raw, GRID[:1], ["baseline"]) != digest
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (["train.baseline.learning_rate=interval(1e-4,1e-2)"], "interval\\(\\) is continuous"),
+        (["train.seed=1,2"], "the sweep sets the seed; use --seeds"),
+        (["train.baseline.learning_rate=choice("], "-S train.baseline.learning_rate=choice\\(: "),
+        (["train.baseline.epochs=range(1,2000)"], "1999 configurations, more than 1000"),
+    ],
+)
+def test_a_bad_grid_is_refused_in_one_line(given, message):
+    with pytest.raises(PipelineError, match=message) as exc:
+        grid.expand(given)
+    assert "\n" not in str(exc.value)
+
+
+def test_each_configuration_is_checked_as_a_stage_checks_params():
+    params_file = ROOT / "params.yaml"
+    grid.check_cells(params_file, grid.expand(GRID + ["~pretrained.bases.vgg16"]))
+    with pytest.raises(PipelineError, match="Could not override 'train.baseline.lerning_rate'"):
+        grid.check_cells(params_file, [("train.baseline.lerning_rate=0.1",)])
+    with pytest.raises(PipelineError, match="train.augmented.dropout: Input should be less than 1"):
+        grid.check_cells(params_file, grid.expand(["train.augmented.dropout=0.5,3"]))
+
+
+def test_an_args_file_is_a_list_of_set_params(tmp_path):
+    good = tmp_path / "grid.args"
+    good.write_text("# two rates\n-S 'train.baseline.learning_rate=choice(1e-3, 2e-3)'\n-S ~x.y\n")
+    assert grid.read_args_file(good) == ["train.baseline.learning_rate=choice(1e-3, 2e-3)", "~x.y"]
+    assert sweep_run.given_overrides(["a=1"], str(good))[-1] == "a=1"  # the command line's last
+    for text in ("-S a=1 -S", "--seeds 1-3", "-S 'a=1"):
+        (tmp_path / "bad.args").write_text(text)
+        with pytest.raises(PipelineError, match="--args-file .*bad.args: "):
+            grid.read_args_file(tmp_path / "bad.args")
+
+
+# --- fast: the report, on runs logged to a real store ---------------------------------
+
+RATES = {  # learning rate: test accuracy per seed (1, 2, 3); 0.003 has no seed 3 yet
+    "0.001": [0.80, 0.82, 0.84],
+    "0.002": [0.70, 0.71, 0.72],
+    "0.003": [0.79, 0.83],
+}
+
+
+def log_training_run(name: str, model: str, seed: int, accuracy: float) -> str:
+    """A finished training run as a sweep's experiment logs it."""
+    import mlflow
+
+    tags = {"dvc.exp_name": name, "pipeline.model": model}
+    with mlflow.start_run(run_name=model, tags=tags) as active:
+        mlflow.log_params({"train.seed": seed, f"train.{model}.epochs": 3})
+        mlflow.log_metrics({"test_accuracy": accuracy, "best_val_accuracy": accuracy + 0.01})
+    return active.info.run_id
+
+
+@pytest.fixture
+def logged(params, tmp_path, monkeypatch):
+    """A sweep of 3 learning rates x 3 seeds of baseline, 8 of its 9 runs in a real store,
+    with an older run replaced and another sweep's run beside them."""
+    from pipeline.tracking import store
+
+    typed, raw = params
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store.connect()
+    cells = grid.expand([f"train.baseline.learning_rate={','.join(RATES)}"])
+    experiments = plan.plan(typed, raw, ["baseline"], [1, 2, 3], cells)
+    log_training_run(experiments[0].name, "baseline", 1, 0.10)  # replaced by its rerun below
+    for experiment in experiments:
+        scores = RATES[experiment.overrides[0].partition("=")[2]]
+        if experiment.seed <= len(scores):
+            log_training_run(
+                experiment.name, "baseline", experiment.seed, scores[experiment.seed - 1]
+            )
+    log_training_run("sweep-deadbeef-baseline-s1", "baseline", 1, 0.99)  # another sweep
+    return experiments, cells
+
+
+def test_the_report_ranks_configurations_and_tests_each_against_the_best(logged, tmp_path):
+    import mlflow
+    from scipy import stats
+
+    from pipeline.tracking import store
+
+    experiments, cells = logged
+    finished = plan.finished_runs(experiments)
+    assert set(finished) == {e.name for e in experiments} - {experiments[-1].name}
+    ranked, missing = sweep_run.ranking(experiments, report.cell_labels(cells))
+    assert missing == [experiments[-1].name]  # 0.003, seed 3
+    assert list(ranked["group"]) == [
+        f"baseline (train.baseline.learning_rate={rate})" for rate in ("0.001", "0.003", "0.002")
+    ]
+    p = [
+        stats.ttest_ind(RATES["0.001"], RATES[r], equal_var=False).pvalue
+        for r in ("0.003", "0.002")
+    ]
+    holm = sorted(p)[0] * 2, max(sorted(p)[0] * 2, sorted(p)[1])
+    assert p[1] < p[0]  # so 0.002's Holm p is the smaller one, doubled
+    assert ranked["p_holm"].iloc[2] == pytest.approx(holm[0])
+    assert ranked["p_holm"].iloc[1] == pytest.approx(min(1.0, holm[1]))
+    assert list(ranked["beyond_noise"]) == [False, False, True]
+
+    path = report.write("sweep-test", "`python -m pipeline sweep ...`", ranked, missing)
+    text = path.read_text()
+    assert path == Path("reports/sweep-test.md") and (tmp_path / path).exists()
+    rows = [line for line in text.splitlines() if line.startswith("| baseline")]
+    assert rows[0].startswith(
+        "| baseline (train.baseline.learning_rate=0.001) | 3 | 1, 2, 3 | 0.8200 ± 0.0200 | 0.8300 ± 0.0200 | best |"
+    )
+    assert rows[1].startswith(
+        "| baseline (train.baseline.learning_rate=0.003) | 2 | 1, 2 | 0.8100 ± 0.0283 |"
+    )
+    assert rows[1].endswith("| no |") and rows[2].endswith("| yes |")
+    assert f"| -0.1100 | {p[1]:.3g} | {holm[0]:.3g} | yes |" in rows[2]
+    assert f"Not finished (run the same command again): {experiments[-1].name}." in text
+    (logged_run,) = mlflow.search_runs(
+        experiment_names=[store.EXPERIMENT],
+        filter_string="tags.`pipeline.sweep` = 'sweep-test'",
+        output_format="list",
+    )
+    assert logged_run.info.run_name == "sweep-test"
+    key = "baseline _train.baseline.learning_rate_0.002_"
+    assert logged_run.data.metrics[f"{key}.test_accuracy_mean"] == pytest.approx(0.71)
+    assert logged_run.data.metrics[f"{key}.p_holm"] == pytest.approx(holm[0])
+    artifacts = mlflow.MlflowClient().list_artifacts(logged_run.info.run_id)
+    assert [a.path for a in artifacts] == ["sweep-test.md"]
 
 
 # --- fast: refusals before any work ----------------------------------------------------
@@ -323,7 +504,7 @@ def ray_head():
 @pytest.mark.waits  # on the cluster's client server, which can take 2 minutes to answer
 @pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
-    reason="Ray is not installed: uv sync --locked --group ray (README: seed sweeps)",
+    reason="Ray is not installed: uv sync --locked --group ray (docs/scaling.md)",
 )
 def test_sweep_on_a_real_ray_cluster_survives_a_killed_task(tmp_path, ray_head):
     from tests.helpers.project import tiny_project
@@ -390,3 +571,60 @@ def test_sweep_on_a_real_ray_cluster_survives_a_killed_task(tmp_path, ray_head):
         assert "| baseline | 2 | 1, 2 |" in compared
     finally:
         server.stop()
+
+
+# --- slow: a grid on the local DVC queue, for real ---------------------------------------
+
+
+@pytest.mark.slow
+def test_a_grid_sweep_on_the_local_queue_ranks_its_configurations_then_skips_them(tmp_path):
+    """2 learning rates x 2 seeds of a 1-epoch baseline through `dvc queue start -j 2`: 4
+    DVC experiments, 4 MLflow runs, a report with mean ± sd per configuration and a
+    beyond-the-noise column, logged to MLflow; run again, it trains nothing."""
+    from tests.helpers.project import tiny_project
+    from tests.helpers.tracking import client_of, tracked_runs
+
+    project = tiny_project(tmp_path, TINY_SWEEP, per_class=30, size=48)
+    run(["dvc", "repro", "prepare@48"], project)
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "data stages")
+    argv = ["python", "-m", "pipeline", "sweep", "--model", "baseline", "--seeds", "1-2",
+            "-j", "2", "-S", "train.baseline.learning_rate=0.001,0.002"]  # fmt: skip
+
+    first = run(argv, project).stdout
+    name = re.search(
+        r"^(sweep-[0-9a-f]{8}): 4 experiments, 0 already done \(skipped\), 4 to run on this machine, 2 at a time",
+        first,
+        re.M,
+    )
+    assert name, first
+    name = name.group(1)
+    assert "4 ran, 0 failed, 0 skipped" in first, first
+    trained = tracked_runs(project, "baseline")
+    assert sorted(
+        (r.data.params["train.baseline.learning_rate"], r.data.params["train.seed"], r.info.status)
+        for r in trained
+    ) == [(rate, seed, "FINISHED") for rate in ("0.001", "0.002") for seed in ("1", "2")]
+    names = {r.data.tags["dvc.exp_name"] for r in trained}
+    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
+    assert len(names) == 4 and all(n in shown for n in names), shown
+
+    text = (project / f"reports/{name}.md").read_text()
+    assert "| beyond the noise |" in text
+    rows = re.findall(
+        r"^\| baseline \(train\.baseline\.learning_rate=0\.00[12]\) \| 2 \| 1, 2 \| "
+        r"\d\.\d{4} ± \d\.\d{4} \|.*\| (best|yes|no|n/a \(no spread\)) \|$",
+        text,
+        re.M,
+    )
+    assert sorted(rows)[0] == "best" and len(rows) == 2, text
+    assert text in first  # printed as well
+    (logged,) = client_of(project).search_runs(
+        [trained[0].info.experiment_id], f"tags.`pipeline.sweep` = '{name}'"
+    )
+    assert logged.info.run_name == name
+
+    again = run(argv, project).stdout
+    assert f"{name}: 4 experiments, 4 already done (skipped), 0 to run" in again
+    assert sorted(re.findall(r"^skip    (\S+):", again, re.M)) == sorted(names)
+    assert len(tracked_runs(project, "baseline")) == 4

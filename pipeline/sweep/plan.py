@@ -1,11 +1,12 @@
 """Which experiments a sweep is, and which of them are already done.
 
-One experiment per (model, seed): `dvc exp run -S train.seed=K [-S overrides] <stage>`. Its
-DVC experiment name is also its identity across reruns: `sweep-<config>-<model>-s<seed>`,
-where <config> is a digest of params.yaml (at the sweep's commit, for Ray) and the `-S` overrides. A
-rerun of the same sweep finds the same names; an experiment counts as done only when both
-its DVC experiment (a git ref) and a FINISHED MLflow training run tagged with its name
-exist, so a killed or failed one runs again.
+One experiment per (model, configuration, seed): `dvc exp run -S train.seed=K [-S the
+configuration's overrides] <stage>`. Its DVC experiment name is also its identity across
+reruns: `sweep-<config>-<model>-s<seed>`, where <config> is a digest of params.yaml (at the
+sweep's commit, for Ray) and the configuration's overrides. A rerun of the same sweep finds
+the same names, and so does another sweep or search that trains the same configuration; an
+experiment counts as done only when both its DVC experiment (a git ref) and a FINISHED MLflow
+training run tagged with its name exist, so a killed or failed one runs again.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ MAX_SEEDS = 1000  # a typo such as 1-10000 is refused, not queued
 
 @dataclass(frozen=True)
 class Experiment:
-    """One (model, seed) of a sweep."""
+    """One (model, configuration, seed) of a sweep."""
 
     model: str  # catalog name: baseline, features-efficientnet_lite0
     stage: str  # its DVC stage: baseline, features@efficientnet_lite0
     seed: int
-    config: str  # digest of params.yaml + overrides: the same for every experiment of a sweep
-    overrides: tuple[str, ...]  # -S key=value, as given
+    config: str  # digest of params.yaml + overrides: the same for every seed of a configuration
+    overrides: tuple[str, ...]  # the configuration's -S key=value
 
     @property
     def name(self) -> str:
@@ -65,17 +66,6 @@ def parse_seeds(text: str) -> list[int]:
     return sorted(seeds)
 
 
-def parse_overrides(overrides: list[str]) -> tuple[str, ...]:
-    """`-S key=value` as `dvc exp run -S` takes them; train.seed is the sweep's to set."""
-    for override in overrides:
-        key, sep, _ = override.partition("=")
-        if not sep or not key:
-            raise PipelineError(f"-S {override}: expected key=value, e.g. train.baseline.epochs=5")
-        if key == "train.seed":
-            raise PipelineError("-S train.seed=...: the sweep sets the seed; use --seeds")
-    return tuple(overrides)
-
-
 def config_digest(raw_params: dict, overrides: tuple[str, ...]) -> str:
     """8 hex digits naming what every experiment of the sweep shares: params.yaml as parsed
     (so a comment edit is the same sweep), less its `sweep` section (how the sweep runs is
@@ -85,23 +75,32 @@ def config_digest(raw_params: dict, overrides: tuple[str, ...]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+def sweep_digest(raw_params: dict, overrides: list[str], models: list[str]) -> str:
+    """8 hex digits naming a whole sweep (its report): params.yaml, the `-S` options as
+    given (grid expressions included) and the models; not the seeds, so more seeds of the
+    same sweep update its report."""
+    return config_digest(raw_params, (*overrides, *(f"--model {m}" for m in sorted(models))))
+
+
 def plan(
     params: Params,
     raw_params: dict,
     models: list[str],
     seeds: list[int],
-    overrides: tuple[str, ...],
+    cells: list[tuple[str, ...]],
 ) -> list[Experiment]:
-    """Every (model, seed) of the sweep, models in the book's order (default: every model)."""
+    """Every (model, configuration, seed) of the sweep, models in the book's order (default:
+    every model), configurations in the grid's order."""
     known = {model.name: model for model in catalog.every_model(params)}
     for name in models:
         if name not in known:
             raise PipelineError(f"--model {name}: unknown model; one of {', '.join(known)}")
     chosen = [m for name, m in known.items() if not models or name in models]
-    config = config_digest(raw_params, overrides)
+    configs = {cell: config_digest(raw_params, cell) for cell in cells}
     return [
-        Experiment(model.name, model.stage, seed, config, overrides)
+        Experiment(model.name, model.stage, seed, configs[cell], cell)
         for model in chosen
+        for cell in configs  # a configuration given twice is trained once
         for seed in seeds
     ]
 
@@ -120,27 +119,28 @@ def split_done(
     return done, todo
 
 
-def finished_runs(config: str) -> set[str]:
-    """Experiment names of this sweep config that have a FINISHED training run in the MLflow
-    store (MLFLOW_TRACKING_URI): the run's name is the model, its tag dvc.exp_name the name."""
+def finished_runs(experiments: list[Experiment]) -> dict[str, str]:
+    """{experiment name: run id} of the experiments that have a FINISHED training run in the
+    MLflow store (MLFLOW_TRACKING_URI), the latest where there are several: the run's name is
+    the model, its tag dvc.exp_name the experiment's name."""
     import mlflow
 
     from pipeline.tracking import store
 
     uri = store.tracking_uri()
     if store.missing_store_file(uri):  # nothing trained yet; connect() would create it
-        return set()
+        return {}
     store.connect()
+    model_of = {experiment.name: experiment.model for experiment in experiments}
     runs = mlflow.search_runs(
         experiment_names=[store.EXPERIMENT],
-        filter_string=(
-            f"attributes.status = 'FINISHED' and tags.`dvc.exp_name` LIKE '{NAME_PREFIX}{config}-%'"
-        ),
+        filter_string=f"attributes.status = 'FINISHED' and tags.`dvc.exp_name` LIKE '{NAME_PREFIX}%'",
+        order_by=["attributes.start_time ASC"],
         output_format="list",
     )
-    names = set()
-    for run in runs:
+    found = {}
+    for run in runs:  # oldest first: a later run of the same experiment replaces an earlier
         name = run.data.tags.get("dvc.exp_name", "")
-        if name.startswith(f"{NAME_PREFIX}{config}-{run.info.run_name}-s"):
-            names.add(name)
-    return names
+        if model_of.get(name) == run.info.run_name:
+            found[name] = run.info.run_id
+    return found

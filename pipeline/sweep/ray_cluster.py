@@ -26,7 +26,7 @@ def _import_ray():
         import ray
     except ImportError:
         raise PipelineError(
-            "--on ray: Ray is not installed; `uv sync --locked --group ray` (README: seed sweeps)"
+            "--on ray: Ray is not installed; `uv sync --locked --group ray` (docs/scaling.md)"
         ) from None
     return ray
 

@@ -1,11 +1,11 @@
-"""`python -m pipeline sweep`: plan, refuse a bad setup, skip what is done, run the rest
-(DVC queue or Ray), report each failure, then `compare` over the sweep."""
+"""`python -m pipeline sweep`: expand the grid, plan, refuse a bad setup, skip what is done,
+run the rest (DVC queue or Ray), report each failure, then rank the configurations
+(report.py). `execute` and `make_runner` are also the search's (search.py)."""
 
 from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +18,7 @@ import yaml
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params, SweepParams, load_params
 from pipeline.core.paths import PARAMS_FILE
-from pipeline.sweep import checks, plan
+from pipeline.sweep import checks, grid, plan, report
 from pipeline.sweep.task import Job, Result
 from pipeline.tracking import store
 
@@ -143,14 +143,22 @@ class RayRunner:
             print(f"fetch them here: dvc exp pull {self.git_remote} <name>... (or dvc exp pull -A)")
 
 
-def _runner(
-    root: Path, on: str, jobs: int | None, git_remote: str, params: Params, uri: str
-) -> Runner:
-    """The runner --on names; a Ray one only once its setup passed every check."""
+def make_runner(root: Path, on: str, jobs: int | None, git_remote: str, params: Params) -> Runner:
+    """The runner --on names; a Ray one only once its setup passed every check; then the
+    MLflow store checked reachable."""
+    uri = store.tracking_uri()
     if on == "local":
-        return LocalRunner(root, jobs or params.sweep.jobs)
-    address, url = checks.refuse_bad_ray_setup(root, on, uri, git_remote)
-    return RayRunner(root, address, _absolute_url(root, url), git_remote, params.sweep)
+        runner: Runner = LocalRunner(root, jobs or params.sweep.jobs)
+    else:
+        address, url = checks.refuse_bad_ray_setup(root, on, uri, git_remote)
+        runner = RayRunner(root, address, _absolute_url(root, url), git_remote, params.sweep)
+    store.check_reachable(uri)
+    return runner
+
+
+def given_overrides(overrides: list[str], args_file: str | None) -> list[str]:
+    """The args file's `-S` options, then the command line's."""
+    return [*(grid.read_args_file(args_file) if args_file else []), *overrides]
 
 
 def sweep(
@@ -160,49 +168,60 @@ def sweep(
     on: str = "local",
     jobs: int | None = None,
     git_remote: str = "origin",
+    args_file: str | None = None,
+    argv: str = "",
 ) -> None:
-    """Run the sweep; PipelineError (exit 1) after the compare table if any failed."""
+    """Run the sweep; PipelineError (exit 1) after the report if any failed."""
     root = Path.cwd()
     params = load_params()
-    experiments = _plan(params, models, seeds, overrides)
-    uri = store.tracking_uri()
-    runner = _runner(root, on, jobs, git_remote, params, uri)
-    store.check_reachable(uri)
-    config = experiments[0].config
-    done, todo = plan.split_done(experiments, runner.existing(), plan.finished_runs(config))
-    _announce(config, experiments, done, todo, runner.where)
+    given = given_overrides(overrides, args_file)
+    cells = grid.expand(given)
+    grid.check_cells(PARAMS_FILE, cells)
+    raw = yaml.safe_load(PARAMS_FILE.read_text())
+    experiments = plan.plan(params, raw, models, plan.parse_seeds(seeds), cells)
+    name = f"{plan.NAME_PREFIX}{plan.sweep_digest(raw, given, models)}"
+    runner = make_runner(root, on, jobs, git_remote, params)
+    failed, tried = execute(runner, name, experiments)
+    seeds_n, models_of = len({e.seed for e in experiments}), sorted({e.model for e in experiments})
+    about = (
+        f"`python -m pipeline sweep{argv}`: {len(cells)} configuration(s) × {seeds_n} "
+        f"seed(s) of {', '.join(models_of)}."
+    )
+    ranked = ranking(experiments, report.cell_labels(cells))
+    if ranked is not None:
+        report.write(name, about, *ranked)
+    if failed:
+        raise PipelineError(
+            f"{len(failed)} of {tried} experiments failed "
+            f"({', '.join(failed)}); run the same sweep again to rerun only those"
+        )
+
+
+def execute(runner: Runner, name: str, experiments: list[plan.Experiment]) -> tuple[list[str], int]:
+    """Run the experiments not done yet, printing each: (the names of those that failed,
+    how many ran)."""
+    done, todo = plan.split_done(experiments, runner.existing(), plan.finished_runs(experiments))
+    _announce(name, experiments, done, todo, runner.where)
     started = time.monotonic()
     failed = _run(runner, todo)
     print(
-        f"sweep {plan.NAME_PREFIX}{config}: {len(todo) - len(failed)} ran, {len(failed)} failed, "
+        f"{name}: {len(todo) - len(failed)} ran, {len(failed)} failed, "
         f"{len(done)} skipped, in {time.monotonic() - started:.0f} s",
         flush=True,
     )
     runner.print_next_step(len(todo) - len(failed))
-    _compare(config, sorted({e.model for e in experiments}))
-    if failed:
-        raise PipelineError(
-            f"{len(failed)} of {len(todo)} experiments failed ({', '.join(failed)}); "
-            "run the same sweep again to rerun only those"
-        )
-
-
-def _plan(
-    params: Params, models: list[str], seeds: str, overrides: list[str]
-) -> list[plan.Experiment]:
-    raw = yaml.safe_load(PARAMS_FILE.read_text())
-    return plan.plan(params, raw, models, plan.parse_seeds(seeds), plan.parse_overrides(overrides))
+    return failed, len(todo)
 
 
 def _announce(
-    config: str,
+    name: str,
     experiments: list[plan.Experiment],
     done: list[plan.Experiment],
     todo: list[plan.Experiment],
     where: str,
 ) -> None:
     print(
-        f"sweep {plan.NAME_PREFIX}{config}: {len(experiments)} experiments, {len(done)} "
+        f"{name}: {len(experiments)} experiments, {len(done)} "
         f"already done (skipped), {len(todo)} to run {where}",
         flush=True,
     )
@@ -223,16 +242,15 @@ def _run(runner: Runner, todo: list[plan.Experiment]) -> list[str]:
     return failed
 
 
-def _compare(config: str, models: list[str]) -> None:
-    from pipeline.reporting.compare import Selection, run_compare
-
-    selection = Selection(
-        models=tuple(models), where=f"tags.`dvc.exp_name` LIKE '{plan.NAME_PREFIX}{config}-%'"
-    )
+def ranking(experiments: list[plan.Experiment], labels: dict[tuple[str, ...], str]):
+    """(ranked configurations, experiments without a finished run), or None when no
+    experiment has one yet (said in a line: the failures say why)."""
     try:
-        argv = (
-            "".join(f" --model {m}" for m in models) + f" --filter {shlex.quote(selection.where)}"
-        )
-        run_compare(selection, argv)
-    except PipelineError as exc:  # nothing finished: the failures say why
-        print(f"compare: {exc}")
+        runs = report.load(experiments, labels)
+    except PipelineError as exc:
+        runs, reason = None, str(exc)
+    if runs is None or runs.empty:
+        print(f"report: {reason if runs is None else 'no finished run of these experiments'}")
+        return None
+    finished = set(runs[report.EXP_TAG])
+    return report.rank(runs), [e.name for e in experiments if e.name not in finished]
