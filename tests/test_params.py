@@ -179,7 +179,7 @@ def test_cli_lists_every_stage():
 def test_experiment_args_files_give_valid_params_without_vgg16(tmp_path, name):
     """experiments/<name>.args (`dvc exp run $(cat experiments/<name>.args)`): every key
     exists and every value is valid; `~pretrained.bases.vgg16` drops the online base."""
-    from benchmarks.workspace import args_file_assignments, dotted_patch
+    from harness.project import args_file_assignments, dotted_patch
 
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     assignments = args_file_assignments(ROOT / f"experiments/{name}.args")
@@ -201,6 +201,6 @@ def test_experiment_args_files_give_valid_params_without_vgg16(tmp_path, name):
 
 
 def test_a_tilde_assignment_deletes_the_key():
-    from benchmarks.workspace import dotted_patch
+    from harness.project import dotted_patch
 
     assert dotted_patch("~a.b", "a.c=3") == {"a": {"b": None, "c": 3}}

@@ -1,5 +1,5 @@
 """Tiny real projects for the tests: the project's files in a fresh git + DVC repo
-(benchmarks/workspace.py), on params small enough to train every model in seconds on
+(harness/project.py), on params small enough to train every model in seconds on
 synthetic images, and copies of a trained one for tests that change it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.workspace import (  # noqa: F401  (the tests' one import of project helpers)
+from harness.project import (  # noqa: F401  (the tests' one import of project helpers)
     NO_ANALYTICS,
     ROOT,
     command_env,

@@ -1,17 +1,44 @@
 """Servers the tests start on 127.0.0.1, and only there: the HTTP archive server here, the
-MLflow server and Ray head from benchmarks/services.py (the benchmarks use them too)."""
+MLflow server and Ray head from harness/servers.py (the sweep benchmark uses them too)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 from pathlib import Path
 
-from benchmarks.services import (  # noqa: F401  (re-exported)
-    RAY_ENV,
-    MlflowServer,
-    RayHead,
-    free_port,
-)
+from harness import servers
+from harness.servers import RAY_ENV, MlflowServer, free_port  # noqa: F401  (re-exported)
+
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
+
+
+class RayHead(servers.RayHead):
+    """The harness's Ray head, with what the tests check of it."""
+
+    def listening(self) -> list[tuple[str, str, int]]:
+        """(process name, address, port) of every listening TCP socket of the cluster."""
+        import psutil
+
+        pids = {proc.pid: proc for proc in self.processes()}
+        sockets = []
+        for conn in psutil.net_connections("inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    sockets.append((pids[conn.pid].name(), conn.laddr.ip, conn.laddr.port))
+        return sockets
+
+    def assert_loopback_only(self) -> None:
+        sockets = self.listening()
+        names = {name for name, _, _ in sockets}
+        assert {"gcs_server", "raylet"} <= names, sockets
+        outside = [s for s in sockets if s[1] not in LOOPBACK]
+        assert not outside, f"Ray processes listening beyond 127.0.0.1: {outside}"
+
+    def client_logs(self) -> str:
+        """The tails of the head's Ray client server logs, for a failure message."""
+        logs = sorted((self.temp / "session_latest/logs").glob("ray_client_server*.err"))
+        return "\n".join(f"--- {p.name}\n" + p.read_text()[-3000:] for p in logs)
 
 
 class ArchiveServer(http.server.ThreadingHTTPServer):

@@ -1,10 +1,10 @@
-"""benchmarks/stage.py's reading of a stage: Keras' epoch lines and the timeline's breakdown."""
+"""harness/timeline.py's reading of a stage: Keras' epoch lines and the timeline's breakdown."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.stage import epoch_breakdown, keras_epochs
+from harness.timeline import epoch_breakdown, keras_epochs
 
 
 def test_keras_epoch_lines_are_read_as_printed():
@@ -44,7 +44,7 @@ def test_epoch_breakdown_adds_up_to_the_epoch():
 
 
 def test_startup_accounts_for_the_whole_wall_time():
-    from benchmarks.stage import startup
+    from harness.timeline import startup
 
     marks = {"data_begin": 5.0, "data_loaded": 6.0, "model_built": 7.5, "fit_begin": 8.0}
     marks |= {"fit_end": 40.0, "evaluated": 42.0, "written": 44.0}
@@ -63,7 +63,7 @@ def test_startup_accounts_for_the_whole_wall_time():
 def test_busy_cpu_seconds_counts_this_process_work():
     import time
 
-    from benchmarks.stage import busy_cpu_seconds
+    from harness.timeline import busy_cpu_seconds
 
     before, ours = busy_cpu_seconds(), time.process_time()
     while time.process_time() - ours < 0.3:  # 0.3 s of CPU work

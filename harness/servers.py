@@ -1,6 +1,6 @@
-"""Services started on 127.0.0.1, and only there: an `mlflow server` and a Ray head. Used by
-the benchmarks (sweep.py) and, through tests/helpers/servers.py and tests/test_sweep.py, by
-the tests. A service that does not come up raises RuntimeError with its log."""
+"""Servers started on 127.0.0.1, and only there: an `mlflow server` and a Ray head, for the
+tests (tests/helpers/servers.py) and the sweep benchmark. A server that does not come up
+raises RuntimeError with its log."""
 
 from __future__ import annotations
 
@@ -16,18 +16,15 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent  # the venv's mlflow and ray
-LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1"}
 RAY_ENV = {  # keeps every Ray process on 127.0.0.1, and silent (README: seed sweeps)
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # else ray start resolves 127.0.0.1 away
     # The head starts a client server per `ray://` connection; on a loaded 2-core machine its
     # start can outlast Ray's 30 s default.
     "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "120",
-    # The head's client proxy forks a server per connection while its gRPC threads run; with
-    # gRPC's fork handlers on, the child can abort before it execs (ray-project/ray#63202),
-    # and the driver then waits out the timeout above before its retry. The child always
-    # execs at once, which is when gRPC says to turn the handlers off: 1 of 8 and 1 of 3
-    # connections failed so with them, 0 of 24 without (tests/test_sweep.py's head).
+    # The head's client proxy forks a server per connection while its gRPC threads run: with
+    # gRPC's fork handlers on, the child can abort before it execs and the driver waits out
+    # the timeout above; the child always execs at once, when gRPC says to turn them off.
     "GRPC_ENABLE_FORK_SUPPORT": "false",
 }
 
@@ -55,8 +52,8 @@ class MlflowServer:
                  "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
                  "--workers", "1", "--artifacts-destination", str(self.artifacts)],
                 cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                # MLflow 3 also starts a job runner with 7 huey consumers: not needed here, and
-                # it doubles the start-up time on a loaded machine.
+                # MLflow 3 also starts a job runner: not needed here, and slow to start on a
+                # loaded machine.
                 env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             )  # fmt: skip
 
@@ -135,30 +132,6 @@ class RayHead:
                     found[proc.pid] = proc
                     found.update((c.pid, c) for c in proc.children(recursive=True))
         return list(found.values())
-
-    def listening(self) -> list[tuple[str, str, int]]:
-        """(process name, address, port) of every listening TCP socket of the cluster."""
-        import psutil
-
-        pids = {proc.pid: proc for proc in self.processes()}
-        sockets = []
-        for conn in psutil.net_connections("inet"):
-            if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
-                with contextlib.suppress(psutil.Error):
-                    sockets.append((pids[conn.pid].name(), conn.laddr.ip, conn.laddr.port))
-        return sockets
-
-    def assert_loopback_only(self) -> None:
-        sockets = self.listening()
-        names = {name for name, _, _ in sockets}
-        assert {"gcs_server", "raylet"} <= names, sockets
-        outside = [s for s in sockets if s[1] not in LOOPBACK]
-        assert not outside, f"Ray processes listening beyond 127.0.0.1: {outside}"
-
-    def client_logs(self) -> str:
-        """The tails of the head's Ray client server logs, for a failure message."""
-        logs = sorted((self.temp / "session_latest/logs").glob("ray_client_server*.err"))
-        return "\n".join(f"--- {p.name}\n" + p.read_text()[-3000:] for p in logs)
 
     def stop(self) -> None:
         import psutil

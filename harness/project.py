@@ -1,6 +1,5 @@
 """A real project to run commands in: a fresh git + DVC repo holding the project's files, with
-params.yaml patched, and the commands (dvc, python -m pipeline, git) run in it. Used by the
-benchmarks and, through tests/helpers/project.py, by the tests.
+params.yaml patched, and the commands (dvc, python -m pipeline, git) run in it.
 
 Params are patched as a JSON merge patch (RFC 7386): nested dicts merge, any other value
 replaces, None deletes the key (`{"pretrained": {"bases": {"efficientnet_lite0": None}}}`).
@@ -20,6 +19,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+NOT_COPIED = ("tests/", "benchmarks/", "harness/")  # what measures the project is not part of it
 
 
 def make_project(dest: Path, *patches: dict) -> Path:
@@ -27,7 +27,7 @@ def make_project(dest: Path, *patches: dict) -> Path:
     edits to them), with params.yaml patched by each patch in turn."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in tracked_project_files():
-        if name.startswith(("tests/", "benchmarks/")) or not (ROOT / name).exists():
+        if name.startswith(NOT_COPIED) or not (ROOT / name).exists():
             continue
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -99,9 +99,9 @@ def params_patched(project: Path, patch: dict) -> Iterator[None]:
         path.write_text(original)
 
 
-# After every command DVC starts a daemon that sends usage analytics to dvc.org: ~0.5 CPU-s
-# of a `dvc status`'s 1.3 (measured), and traffic beyond 127.0.0.1 from the tests and
-# benchmarks. Users opt out the same way, or with `dvc config --global core.analytics false`.
+# DVC starts a usage-analytics daemon after every command: CPU time on a shared machine, and
+# traffic beyond 127.0.0.1. Users opt out the same way, or with `dvc config --global
+# core.analytics false`.
 NO_ANALYTICS = {"DVC_NO_ANALYTICS": "1"}
 
 
