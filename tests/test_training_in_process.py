@@ -100,7 +100,7 @@ def trained(tmp_path_factory) -> Trained:
 
 
 def test_timeline_marks_every_phase_of_every_epoch_in_order(trained):
-    """PIPELINE_TIMELINE (benchmarks/stage.py): where the stage's time went, epoch by epoch."""
+    """PIPELINE_TIMELINE (benchmarks/benchmark.py): where the stage's time went, epoch by epoch."""
     timeline = json.loads((trained.root / "timeline.json").read_text())
     start = timeline["start"]
     order = ["data_loaded", "model_built", "fit_begin", "fit_end", "evaluated", "written"]

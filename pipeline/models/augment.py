@@ -10,7 +10,7 @@ Under XLA (`jit_compile`, on by default on a GPU) `keras.ops.image.affine_transf
 run: on TensorFlow it is ImageProjectiveTransformV3, which has no XLA kernel in TF 2.21
 (tensorflow/tensorflow#100865). There the layer resamples with `sample_bilinear`, the same
 sampling written as gathers, which XLA compiles; without XLA it keeps affine_transform's C++
-kernel, faster than the gathers there (benchmarks/augment_xla.py).
+kernel, faster than the gathers there (python -m benchmarks.benchmark --xla).
 
 Units (the book's Keras 2.0 -> here):
 - rotation_range=40 is degrees: an angle from uniform(-40, 40) degrees;

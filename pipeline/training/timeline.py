@@ -1,4 +1,4 @@
-"""Where a training stage's wall time goes, for benchmarks/stage.py.
+"""Where a training stage's wall time goes, for benchmarks/benchmark.py.
 
 With `PIPELINE_TIMELINE=FILE` in its environment, a training stage (the real
 `python -m pipeline train <model>`, unchanged otherwise) writes FILE (JSON) when it ends:
