@@ -96,6 +96,9 @@ class LocalRunner:
     def run(self, todo: list[plan.Experiment]) -> Iterator[Result]:
         from pipeline.sweep.local import run_queue
 
+        # The store made here, once: trainings started together on a new one race to create
+        # its tables and fail (table _alembic_tmp_... already exists).
+        store.connect()
         return run_queue(self.root, todo, self.jobs)
 
     def print_next_step(self, ran: int) -> None:

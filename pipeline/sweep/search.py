@@ -185,6 +185,7 @@ class Search:
         from mlflow.tracking import MlflowClient
 
         run_id = plan.finished_runs([experiment])[experiment.name]
+        # Tags, not optuna-integration's MLflowCallback: that logs a second run per trial
         client = MlflowClient()
         client.set_tag(run_id, "optuna.study", self.study)
         client.set_tag(run_id, "optuna.trial", str(number))
