@@ -154,6 +154,9 @@ class RuntimeParams(Section):
     strategy: Literal["auto", "default", "mirrored"] = "auto"
     mixed_precision: Switch = "auto"
     jit_compile: Switch = "auto"
+    # MLflow's system/ metrics on each run; not a logged param (Field exclude): it changes what
+    # is recorded, not what is trained, so compare's groups and the resume key ignore it
+    system_metrics: bool = Field(default=True, exclude=True)
 
 
 class TrainParams(Section):

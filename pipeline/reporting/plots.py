@@ -1,4 +1,5 @@
-"""The figures people look at: learning curves, a confusion matrix, the progression chart."""
+"""The figures people look at: learning curves, a confusion matrix, ROC, precision-recall
+and calibration curves, the progression chart."""
 
 from __future__ import annotations
 
@@ -100,4 +101,48 @@ def spread_chart(summary: pd.DataFrame, scores: dict[str, str], out: Path) -> No
     ax.set_title("Mean and standard deviation over seeds")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper right")  # bars end below 1.0, so the top is free
+    save_png(fig, out)
+
+
+def _unit_square(title: str, xlabel: str, ylabel: str):
+    """A square figure for a curve on [0, 1] x [0, 1]."""
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def roc_chart(fpr, tpr, area: float, point: tuple, point_label: str, title: str, out: Path):
+    """The ROC curve, chance's diagonal, and the operating `point` (fpr, tpr)."""
+    fig, ax = _unit_square(title, "false positive rate", "true positive rate")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+    ax.plot(fpr, tpr, lw=2, label=f"AUC {area:.3f}")
+    ax.plot(*point, "o", color="C3", label=point_label)
+    ax.legend(loc="lower right")
+    save_png(fig, out)
+
+
+def precision_recall_chart(
+    recall, precision, area: float, base_rate: float, point: tuple, point_label: str, title, out
+):
+    """The precision-recall curve (steps, as average precision sums them), the precision of
+    guessing (`base_rate`), and the operating `point` (recall, precision)."""
+    fig, ax = _unit_square(title, "recall", "precision")
+    ax.axhline(base_rate, ls="--", color="grey", lw=1, label=f"guessing ({base_rate:.2f})")
+    ax.plot(recall, precision, lw=2, drawstyle="steps-post", label=f"AP {area:.3f}")
+    ax.plot(*point, "o", color="C3", label=point_label)
+    ax.legend(loc="lower left")
+    save_png(fig, out)
+
+
+def calibration_chart(predicted, observed, title: str, out: Path):
+    """Per probability bin, the share of positives against the mean predicted probability."""
+    fig, ax = _unit_square(title, "mean predicted probability", "share of positives")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfectly calibrated")
+    ax.plot(predicted, observed, "o-", lw=2, label="this model")
+    ax.legend(loc="upper left")
     save_png(fig, out)

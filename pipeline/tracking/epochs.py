@@ -1,5 +1,6 @@
 """Per-epoch MLflow logging: each epoch's history row becomes the active run's metrics at
-step `epoch`, logged explicitly (mlflow autolog beside our callback would log it twice)."""
+step `epoch`, logged explicitly (mlflow autolog beside our callback would log it twice).
+Not mlflow.keras.MlflowCallback: docs/comparing.md says what this does that it does not."""
 
 from __future__ import annotations
 

@@ -31,10 +31,10 @@ from pipeline.core.files import atomic_path
 from pipeline.core.params import AugmentationParams, BaseParams, FitParams, RuntimeParams
 from pipeline.data.dataset import make_dataset
 from pipeline.models.model_io import save_keras
-from pipeline.reporting import plots
+from pipeline.reporting import evaluation, plots
 from pipeline.serving import logged_model
 from pipeline.serving.inference import predicted_labels
-from pipeline.tracking import store
+from pipeline.tracking import store, system
 from pipeline.tracking.epochs import log_epoch
 from pipeline.training import resume, run_record, runtime, timeline
 
@@ -129,7 +129,8 @@ def run(job: Job) -> dict:
     tags["pipeline.model"] = job.model.group  # compare's groups
     if previous:
         tags["resumed_from_epoch"] = str(len(previous))
-    with mlflow.start_run(run_name=job.name, tags=tags) as active:
+    on = system.log_system_metrics(job.settings.runtime.system_metrics)
+    with mlflow.start_run(run_name=job.name, tags=tags, log_system_metrics=on) as active:
         try:
             log_start(job, model, previous, active.info.run_id)
             history, seconds, epoch_timeline = fit(job, model, checkpoints, previous)
@@ -265,5 +266,6 @@ def write_and_log(job: Job, model, history: pd.DataFrame, metrics: dict, timing:
         mlflow.log_artifact(str(path))
     for figure in ("curves.png", "confusion.png"):  # not figures/visualize/: another stage's
         mlflow.log_artifact(str(figures / figure), "figures")
+    evaluation.write_and_log(job, model, confusion)  # ROC, PR, calibration; per-class F1
     # The model goes once, as an MLflow Model (it holds the .keras): it takes photos.
     logged_model.log_model(job, model_file)
