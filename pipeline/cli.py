@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import logging
 import os
 import sys
 import threading
@@ -13,8 +14,9 @@ from typing import Annotated
 
 import typer
 
-from pipeline.core import catalog
+from pipeline.core import catalog, errors
 from pipeline.core.errors import PipelineError
+from pipeline.core.files import training_lock
 from pipeline.core.params import load_params
 
 app = typer.Typer(
@@ -34,15 +36,42 @@ def stage(func):
         try:
             return func(*args, **kwargs)
         except PipelineError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {exc}{restore_hint()}", file=sys.stderr)
             raise typer.Exit(1) from None
-        except OSError as exc:  # unwritable or full disk: name the file, no traceback
-            if exc.filename is None:
+        except Exception as exc:  # a full disk anywhere, an unwritable file: no traceback
+            if (line := fault_line(exc)) is None:
                 raise
-            print(f"error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"error: {line}{restore_hint()}", file=sys.stderr)
             raise typer.Exit(1) from None
 
     return app.command()(wrapper)
+
+
+# Stages whose outputs are all in DVC's cache: dvc.yaml does not persist them (that would turn
+# DVC's run cache off), so `dvc repro` removes them before the command, and checkout restores.
+CACHED_OUTPUT_STAGES = ("split", "prepare", "base_weights", "extract")
+
+
+def restore_hint() -> str:
+    """Under `dvc repro` (DVC_STAGE names the stage), for a stage of CACHED_OUTPUT_STAGES:
+    the command that brings back the outputs DVC removed before this one failed."""
+    stage = os.environ.get("DVC_STAGE", "")
+    if stage.partition("@")[0] in CACHED_OUTPUT_STAGES:
+        return f"; `dvc checkout {stage}` restores its last outputs"
+    return ""
+
+
+def fault_line(exc: Exception) -> str | None:
+    """The one line for a fault outside the pipeline's own checks: a full disk (the file it
+    stopped, or the MLflow store), an OSError naming its file; None for anything else."""
+    if errors.is_disk_full(exc):
+        from pipeline.tracking.store import tracking_uri
+
+        store = tracking_uri().removeprefix("sqlite:///")
+        return str(errors.full_disk(errors.full_disk_path(exc, store)))
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return None
 
 
 @stage
@@ -104,11 +133,12 @@ def train(model: str = ModelName, base: str = BaseOption) -> None:
     # The catalog names the function that trains each model (tests/test_stage_deps.py
     # follows the same name to check that dvc.yaml declares all the code it runs).
     module, function = trained.kind.trained_by.split(":")
-    stage_function = getattr(importlib.import_module(module), function)
-    if trained.base:
-        stage_function(params, base)
-    else:
-        stage_function(params)
+    with training_lock(trained.name):  # a second training of it refuses before TensorFlow loads
+        stage_function = getattr(importlib.import_module(module), function)
+        if trained.base:
+            stage_function(params, base)
+        else:
+            stage_function(params)
 
 
 @stage
@@ -377,6 +407,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     # Keras imports scikit-learn only for wrappers no command uses: every stage process skips it
     sys.modules.setdefault("sklearn", None)
+    logging.getLogger("mlflow.store.db.utils").addFilter(errors.HideFullDiskLogs())
     try:
         app()
     except SystemExit as exc:

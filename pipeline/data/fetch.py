@@ -19,7 +19,7 @@ import requests
 import urllib3
 from tqdm import tqdm
 
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, full_disk, is_disk_full
 from pipeline.core.files import CHUNK, sha256_of
 from pipeline.core.params import TransferParams
 from pipeline.core.paths import DOWNLOAD_CACHE, project_root
@@ -71,6 +71,15 @@ def fetch_archive(
                 f"params.yaml expects {sha256.lower()}; fix {key}.sha256 or {key}.source"
             )
     return path
+
+
+def discard_damaged(path: Path, stage: str) -> str:
+    """Delete a download that fails verification (truncated, damaged), which the next run
+    would otherwise reuse and fail on the same way; the advice that says so."""
+    path.unlink(missing_ok=True)
+    return (
+        f"the download is truncated or damaged and is deleted: `dvc repro {stage}` fetches it again"
+    )
 
 
 def _cache_path(url: str, cache_dir: Path) -> Path:
@@ -151,6 +160,8 @@ def _copy_body(response, f, bar, transfer: TransferParams, key: str = "data") ->
             bar.update(len(chunk))
             rate.received(len(chunk))
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        if is_disk_full(exc):  # the .part stays: the next run, once space is freed, resumes it
+            raise full_disk(f.name) from None
         if isinstance(exc, OSError) and exc.filename is not None:
             raise  # the disk, not the network: the CLI names the file
         raise _Transient(f"transfer broken: {_reason(exc, transfer, key)}") from exc

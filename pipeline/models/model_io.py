@@ -15,13 +15,14 @@ atomically: a failed save leaves the old model.
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 import zipfile
 from pathlib import Path
 
 from pipeline.core import catalog
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, full_disk, is_disk_full
 from pipeline.core.files import atomic_path
 
 # The earliest date a zip entry can hold; used for every entry and for `date_saved`.
@@ -32,13 +33,13 @@ FIXED_DATE_SAVED = "1980-01-01@00:00:00"
 def save_keras(model, path: Path | str) -> Path:
     """Save `model` to `path` atomically, with bytes that depend on the model only: a
     `.keras` file (normalised as above) or a `.weights.h5` file (`save_weights`); an
-    unwritable path is one PipelineError naming it."""
+    unwritable path or a full disk is one PipelineError naming it."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.name.endswith(".weights.h5"):
-            with atomic_path(path, ".weights.h5") as out:  # Keras wants the suffix
-                model.save_weights(out)
+            with atomic_path(path) as out:
+                out.write_bytes(weights_h5(model))
             return path
         with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as tmp:
             raw = Path(tmp) / path.name  # Keras wants the .keras suffix
@@ -46,10 +47,30 @@ def save_keras(model, path: Path | str) -> Path:
             with atomic_path(path) as out:
                 normalise_keras_zip(raw, out)
     except OSError as exc:
+        if is_disk_full(exc):
+            raise full_disk(path) from None
         raise PipelineError(
             f"cannot write {path}: {exc.strerror or exc} ({exc.filename})"
         ) from None
     return path
+
+
+def weights_h5(model) -> bytes:
+    """What `model.save_weights` writes to a .weights.h5 file (the weights, and the optimizer's
+    state once it is built), made in memory by the same Keras calls: h5py writing to a file
+    on a full disk leaves it open and dirty, and its flush fails again when it is collected
+    (a traceback at any later moment, or a crash at exit)."""
+    from keras.src.saving import saving_lib  # save_weights' own store and walk (keras pinned)
+
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    try:
+        saving_lib._save_state(
+            model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set()
+        )
+    finally:
+        store.close()
+    return buffer.getvalue()
 
 
 def load_keras(path: Path | str, compile: bool = False, advice: str = ""):

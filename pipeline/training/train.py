@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.catalog import TrainedModel
-from pipeline.core.files import atomic_path
+from pipeline.core.errors import PipelineError, full_disk, full_disk_path, is_disk_full
+from pipeline.core.files import all_or_none, atomic_path, training_lock
 from pipeline.core.params import AugmentationParams, BaseParams, FitParams, RuntimeParams
 from pipeline.data.dataset import make_dataset
 from pipeline.models.model_io import save_keras
@@ -114,41 +115,69 @@ class Job:
 
 
 def run(job: Job) -> dict:
-    """Train `job`, evaluate it on test, write its outputs and MLflow run; return its metrics."""
+    """Train `job`, evaluate it on test, write its outputs and MLflow run; return its metrics.
+    One training of a job at a time: a second one refuses (files.training_lock)."""
     import mlflow
 
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    store.connect()  # before training: an unreachable server fails now, not in an hour
-    store.close_stale_runs(job.stage)
-    setup = runtime.setup(job.settings.runtime, job.settings.seed)
-    model = build(job, setup)
-    timeline.mark("model_built")
-    checkpoints = resume.checkpoint_dir(job.name, [job.logged_params(), job.tags()])
-    previous = resume.completed_epochs(checkpoints)
-    tags = store.run_tags(job.stage, {**job.tags(), **runtime.describe(setup)})
-    tags["pipeline.model"] = job.model.group  # compare's groups
-    if previous:
-        tags["resumed_from_epoch"] = str(len(previous))
-    on = system.log_system_metrics(job.settings.runtime.system_metrics)
-    with mlflow.start_run(run_name=job.name, tags=tags, log_system_metrics=on) as active:
+    with training_lock(job.name):
+        store.connect()  # before training: an unreachable server fails now, not in an hour
+        store.close_stale_runs(job.stage)
+        setup = runtime.setup(job.settings.runtime, job.settings.seed)
+        model = build(job, setup)
+        timeline.mark("model_built")
+        checkpoints = resume.checkpoint_dir(job.name, [job.logged_params(), job.tags()])
+        previous = resume.completed_epochs(checkpoints)
+        run_id = start_run(job, setup, previous)
         try:
-            log_start(job, model, previous, active.info.run_id)
+            log_start(job, model, previous, run_id)
             history, seconds, epoch_timeline = fit(job, model, checkpoints, previous)
             metrics, confusion = evaluate(job, model, history)
             timeline.mark("evaluated")
             timing = run_record.timing(history, seconds)
-            write_and_log(job, model, history, metrics, timing, confusion)
+            with all_or_none():  # failing part-way, it leaves the last good outputs
+                write_and_log(job, model, history, metrics, timing, confusion)
             timeline.mark("written")
-        except KeyboardInterrupt:
-            mlflow.end_run(status="KILLED")  # the context manager would say FAILED
+        except BaseException as exc:
+            end_failed_run(exc)
             raise
-    shutil.rmtree(checkpoints, ignore_errors=True)
+        mlflow.end_run()
+        shutil.rmtree(checkpoints, ignore_errors=True)  # after the outputs: a failed write resumes
     timeline.write(epoch_timeline)
     print(
         f"{job.name}: test accuracy {metrics['test_accuracy']:.4f}, "
         f"best validation {metrics['best_val_accuracy']:.4f}, {seconds:.0f} s"
     )
     return metrics
+
+
+def start_run(job: Job, setup: runtime.Runtime, previous: list[dict]) -> str:
+    """Start the job's MLflow run with its tags; return its id."""
+    import mlflow
+
+    tags = store.run_tags(job.stage, {**job.tags(), **runtime.describe(setup)})
+    tags["pipeline.model"] = job.model.group  # compare's groups
+    if previous:
+        tags["resumed_from_epoch"] = str(len(previous))
+    on = system.log_system_metrics(job.settings.runtime.system_metrics)
+    return mlflow.start_run(run_name=job.name, tags=tags, log_system_metrics=on).info.run_id
+
+
+def end_failed_run(exc: BaseException) -> None:
+    """End the active MLflow run as KILLED (Ctrl-C, SIGTERM) or FAILED; a full disk anywhere
+    is then one error naming what it stopped. A store too full to take the status leaves the
+    run RUNNING: the next run of the stage closes it (store.close_stale_runs)."""
+    import mlflow
+
+    status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+    try:
+        mlflow.end_run(status=status)
+    except Exception as failed:
+        if not is_disk_full(failed):
+            raise
+    if is_disk_full(exc) and not isinstance(exc, PipelineError):
+        uri = store.tracking_uri()
+        raise full_disk(full_disk_path(exc, uri.removeprefix("sqlite:///"))) from None
 
 
 def _raise_on_sigterm(signum, frame):
@@ -203,6 +232,7 @@ def fit(job: Job, model: keras.Model, checkpoints: Path, previous: list[dict]):
         seed=job.settings.seed,
         repeat=steps > 0,
     )
+    train_ds = resume.resumed_data(train_ds, len(previous), steps)
     per_epoch = resume.callbacks(checkpoints, previous)
     callbacks, epoch_timeline = timeline.with_timeline(per_epoch)  # PIPELINE_TIMELINE
     started = time.perf_counter()
