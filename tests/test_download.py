@@ -268,5 +268,5 @@ def test_a_damaged_local_archive_is_never_to_be_deleted(tmp_path, archive_server
         assert "delete" not in message
         assert (tmp_path / name).is_file()
     (archive_server.directory / "crc.zip").write_bytes(bytes(data))
-    with pytest.raises(PipelineError, match="the download is truncated or damaged: delete it"):
+    with pytest.raises(PipelineError, match="the download is truncated or damaged and is deleted"):
         download(DataParams(source=f"{archive_server.url}/crc.zip"), **outputs)

@@ -33,13 +33,13 @@ def test_dvc_repro_data_stages(tmp_path):
     third = run(["dvc", "repro", *targets], project)
     assert sorted(ran_stages(third.stdout)) == ["prepare@32", "prepare@48", "split"]
 
-    # A failing stage (bad source) exits non-zero with one line, leaves no half output, and
-    # DVC keeps the last good run recorded (`dvc checkout` brings its outputs back).
+    # A failing stage (bad source) exits non-zero with one line and leaves its last good
+    # outputs in place (dvc.yaml: persist), the last good run still recorded.
     update_params(project, {"data": {"source": str(tmp_path / "missing.zip")}})
     fourth = run(["dvc", "repro", "download"], project, check=False)
     assert fourth.returncode != 0
     assert "error: data.source:" in fourth.stderr and "missing.zip does not exist" in fourth.stderr
-    assert not (project / "data/images").exists()
+    assert len(list((project / "data/images/cat").iterdir())) == 24
     assert "download" in run(["dvc", "status", "download"], project).stdout
     update_params(project, {"data": {"source": str(archive)}})
     run(["dvc", "checkout", "download"], project)

@@ -49,7 +49,7 @@ def test_a_damaged_model_file_names_itself_and_its_stage(
         load_keras(path)
     message = str(error.value)
     assert message.startswith(f"{path}: not a readable Keras model (")
-    assert f"run `dvc checkout {stage}`" in message and f"`dvc repro {stage}`" in message
+    assert f"run `dvc checkout --force {stage}`" in message and f"`dvc repro {stage}`" in message
     assert "File not found" not in message and "\n" not in message
 
 
@@ -75,7 +75,9 @@ def test_visualize_and_finetune_say_which_model_to_restore(tmp_path, monkeypatch
     (tmp_path / "models").mkdir()
     for name in ("baseline", "frozen_aug-vgg16"):
         (tmp_path / f"models/{name}.keras").write_bytes(damaged("truncated", tiny_keras))
-    with pytest.raises(PipelineError, match=r"^models/baseline.keras: .*dvc checkout baseline"):
+    with pytest.raises(
+        PipelineError, match=r"^models/baseline.keras: .*dvc checkout --force baseline"
+    ):
         load_model(params, catalog.by_name(params, "baseline"))
     # Before any data is read (there is none here) or TensorFlow runs.
     with pytest.raises(PipelineError, match=r"^models/frozen_aug-vgg16.keras: .*frozen_aug@vgg16"):

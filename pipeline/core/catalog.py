@@ -274,7 +274,7 @@ def model_file_advice(path: Path | str, advice: str = "") -> str:
     if not advice:
         stage = stage_of_file(path)
         advice = (
-            f"run `dvc checkout {stage}` to restore it from the DVC cache, "
+            f"run `dvc checkout --force {stage}` to restore it from the DVC cache, "
             f"or `dvc repro {stage}` to train it again"
             if stage
             else "give a .keras file that Keras 3 saved (model.save)"

@@ -22,11 +22,11 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from pipeline.core.errors import PipelineError
-from pipeline.core.files import atomic_dir, write_text
+from pipeline.core.files import all_or_none, atomic_dir, write_text
 from pipeline.core.params import DataParams
 from pipeline.core.paths import DOWNLOAD_REPORT, IMAGES_DIR
 from pipeline.data import CLASSES
-from pipeline.data.fetch import fetch_archive, is_url
+from pipeline.data.fetch import discard_damaged, fetch_archive, is_url
 
 CHUNK = 512  # images verified per batch: bounded memory
 
@@ -55,20 +55,24 @@ def classify_image(data: bytes) -> str:
     return "valid"
 
 
-def damaged_advice(downloaded: bool) -> str:
-    """What to do about a damaged archive: a download can be fetched again; a local
-    data.source may be the user's only copy, so nothing says to delete it."""
+class DamagedArchive(PipelineError):
+    """The archive cannot be read whole: truncated or corrupted."""
+
+
+def damaged_advice(archive_path: Path, downloaded: bool) -> str:
+    """What to do about a damaged archive: a download is deleted (the next run fetches it
+    anew); a local data.source may be the user's only copy, so it stays."""
     if downloaded:
-        return "the download is truncated or damaged: delete it and run again"
+        return discard_damaged(archive_path, "download")
     return "the file is damaged (truncated or corrupted): point data.source at a good copy"
 
 
-def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, advice: str) -> bytes:
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bytes:
     try:
         return archive.read(member)
     except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-        raise PipelineError(
-            f"{archive.filename}: member {member.filename} cannot be read ({exc}); {advice}"
+        raise DamagedArchive(
+            f"{archive.filename}: member {member.filename} cannot be read ({exc})"
         ) from None
 
 
@@ -97,26 +101,18 @@ def extract_images(
 ) -> dict:
     """Verify and extract every image; return the report (counts per class and skipped files).
     `downloaded`: the archive is our download (not the user's own file), safe to delete."""
-    advice = damaged_advice(downloaded)
     try:
         archive = zipfile.ZipFile(archive_path)
     except (zipfile.BadZipFile, OSError) as exc:
+        advice = damaged_advice(archive_path, downloaded)
         raise PipelineError(
             f"{archive_path}: not a readable zip archive ({exc}); {advice}"
         ) from None
-    with archive, atomic_dir(images_dir) as tmp:
-        layout, members = _index_members(archive)
-        if not members:
-            raise PipelineError(
-                f"{archive_path}: no images in a known layout (train/cat.N.jpg or "
-                "PetImages/Cat/N.jpg); check data.source"
-            )
-        counts, skipped = _verify_and_write(archive, advice, members, tmp)
-        for label in CLASSES:
-            if counts[label]["valid"] == 0:
-                raise PipelineError(
-                    f"{archive_path}: no valid {label} images in the archive; check data.source"
-                )
+    try:
+        with archive:
+            layout, counts, skipped = _extract(archive, archive_path, images_dir)
+    except DamagedArchive as exc:
+        raise PipelineError(f"{exc}; {damaged_advice(archive_path, downloaded)}") from None
     return {
         "archive": str(archive_path),
         "layout": layout,
@@ -125,7 +121,25 @@ def extract_images(
     }
 
 
-def _verify_and_write(archive, advice: str, members: list, out: Path):
+def _extract(archive: zipfile.ZipFile, archive_path: Path, images_dir: Path):
+    """(layout, counts, skipped) of the images written to `images_dir`, whole or not at all."""
+    with atomic_dir(images_dir) as tmp:
+        layout, members = _index_members(archive)
+        if not members:
+            raise PipelineError(
+                f"{archive_path}: no images in a known layout (train/cat.N.jpg or "
+                "PetImages/Cat/N.jpg); check data.source"
+            )
+        counts, skipped = _verify_and_write(archive, members, tmp)
+        for label in CLASSES:
+            if counts[label]["valid"] == 0:
+                raise PipelineError(
+                    f"{archive_path}: no valid {label} images in the archive; check data.source"
+                )
+    return layout, counts, skipped
+
+
+def _verify_and_write(archive, members: list, out: Path):
     """Decode every member; write the valid ones to out/<class>/<number>.jpg; count the rest."""
     counts = {label: Counter() for label in CLASSES}
     skipped = []
@@ -134,7 +148,7 @@ def _verify_and_write(archive, advice: str, members: list, out: Path):
 
     def check(item):
         member, label, number = item
-        data = _read_member(archive, member, advice)
+        data = _read_member(archive, member)
         return data, classify_image(data)
 
     # Bounded chunks keep memory flat; reads are serialised by the lock inside
@@ -164,8 +178,9 @@ def download(
 ) -> dict:
     archive = fetch_archive(params.source, params.sha256, transfer=params.transfer)
     downloaded = is_url(params.source)
-    report = {"source": params.source, **extract_images(archive, images_dir, downloaded)}
-    write_text(report_file, json.dumps(report, indent=2) + "\n")
+    with all_or_none():  # the images and their report change together
+        report = {"source": params.source, **extract_images(archive, images_dir, downloaded)}
+        write_text(report_file, json.dumps(report, indent=2) + "\n")
     for label, c in report["classes"].items():
         bad = sum(c.values()) - c["valid"]
         print(

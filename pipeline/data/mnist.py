@@ -21,7 +21,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.files import atomic_path, write_text
 from pipeline.core.params import MnistParams
 from pipeline.core.paths import MNIST_DATA_REPORT, MNIST_DIGITS
-from pipeline.data.fetch import fetch_archive, is_url
+from pipeline.data.fetch import discard_damaged, fetch_archive, is_url
 
 KEY = "mnist.data"  # the params section, as the messages name it
 SIDE = 28
@@ -51,12 +51,15 @@ def mnist(params: MnistParams, out: Path = MNIST_DIGITS, report_file: Path = MNI
 
 def read_npz(path: Path, downloaded: bool = False):
     """((x_train, y_train), (x_test, y_test)) of an mnist.npz, every array checked."""
-    advice = "delete it and run again" if downloaded else f"point {KEY}.source at a good copy"
     try:
         with np.load(path, allow_pickle=False) as arrays:
             found = {name: arrays[name] for name in arrays.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        stage = "mnist/dvc.yaml:mnist"
+        advice = (
+            discard_damaged(path, stage) if downloaded else f"point {KEY}.source at a good copy"
+        )
         raise PipelineError(f"{path}: not a readable .npz file ({reason}); {advice}") from None
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in found]
     if missing:

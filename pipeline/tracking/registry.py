@@ -63,10 +63,14 @@ def version(client, name: str, row):
         return found[0]
     logged = _logged_model(digest)
     if logged is None:
+        # --single-item: --force alone reruns every stage upstream too
+        stage, report = catalog.stage_of(row.model), "report"
+        if paths.MNIST_DIR in model_file.parents:
+            stage, report = f"mnist/dvc.yaml:{stage}", "mnist/dvc.yaml:convolution"
         print(
             f"warning: {model_file} has no logged MLflow Model (trained before models were "
-            f"logged, or in another store); `dvc repro --force {catalog.stage_of(row.model)}` "
-            "logs one"
+            f"logged, or in another store); `dvc repro --force --single-item {stage} {report}` "
+            "logs and registers one"
         )
         return None
     return _register(client, name, logged, row, digest)

@@ -8,6 +8,8 @@ the latest finished one. Artifacts of a finished run can still be logged.
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -49,9 +51,13 @@ def log_figures(stage: str, folder: Path) -> str | None:
     client = MlflowClient(uri)
     run = training_run(client, stage)
     if run is None:
+        # --force: the stage is up to date; --single-item: --force alone reruns its upstream
+        redo = os.environ.get("DVC_STAGE")
+        redo = f"dvc repro --force --single-item {redo}" if redo else shlex.join(sys.orig_argv)
         print(
             f"warning: no finished MLflow run of stage {stage!r} in {uri}: the figures are in "
-            f"{folder} but not logged; train the model (`dvc repro {stage}`) to get its run",
+            f"{folder} but not logged; `dvc repro --force --single-item {stage}` trains the "
+            f"model and logs its run, then `{redo}` logs them",
             file=sys.stderr,
         )
         return None
