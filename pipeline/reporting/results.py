@@ -35,17 +35,18 @@ STEPS = tuple(catalog.KINDS)  # baseline -> augmented -> features -> frozen_aug 
 NOT_SETTINGS = ("train.seed", "mnist.seed", "total_params", "trainable_params")
 
 
-def results(where: str = "", argv: str = "") -> dict:
-    """Read the runs, write reports/results.md and .json and the README's tables."""
-    uri = store.tracking_uri()
-    if missing := store.missing_store_file(uri):
-        raise PipelineError(
-            f"the MLflow store {uri} does not exist ({missing}); train the models first "
-            "(`dvc repro`), or set MLFLOW_TRACKING_URI to the store that has them"
-        )
-    store.connect()
-    dogs = chosen_runs(compare.Selection(over="train.seed", where=where))
-    digits = chosen_runs(compare.Selection(over="mnist.seed", where=where))
+def results(where: str = "", argv: str = "", stores: tuple[str, ...] = ()) -> dict:
+    """Read the runs of `stores` (default: the project's), write reports/results.md and
+    .json and the README's tables."""
+    uris = stores or (store.tracking_uri(),)
+    for uri in uris:
+        if missing := store.missing_store_file(uri):
+            raise PipelineError(
+                f"the MLflow store {uri} does not exist ({missing}); train the models first "
+                "(`dvc repro`), or name the store that has them (MLFLOW_TRACKING_URI, --store)"
+            )
+    dogs = chosen_runs(compare.Selection(over="train.seed", where=where), uris)
+    digits = chosen_runs(compare.Selection(over="mnist.seed", where=where), uris)
     doc = {
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": f"python -m pipeline results{argv}",
@@ -64,16 +65,28 @@ def results(where: str = "", argv: str = "") -> dict:
     return doc
 
 
-def chosen_runs(selection: compare.Selection) -> pd.DataFrame:
+def chosen_runs(selection: compare.Selection, uris: tuple[str, ...]) -> pd.DataFrame:
     """The runs of each model's configuration with the most draws (the latest on a tie)."""
-    try:
-        runs, _ = compare.group_runs(compare.load_runs(selection), selection)
-    except PipelineError:  # none of this kind: its section is empty
+    found = [runs for uri in uris if not (runs := _runs_in(uri, selection)).empty]
+    if not found:  # none of this kind: its section is empty
         return pd.DataFrame(columns=["model", "group", "draw", "test_accuracy"])
+    runs, _ = compare.group_runs(pd.concat(found, ignore_index=True), selection)
     sizes = runs.groupby("group").agg(n=("draw", "size"), latest=("start_time", "max"))
     runs = runs.join(sizes, on="group").sort_values(["n", "latest"], ascending=False)
     best = runs.drop_duplicates("model")[["model", "group"]]
     return runs[runs["group"].isin(best["group"])]
+
+
+def _runs_in(uri: str, selection: compare.Selection) -> pd.DataFrame:
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    try:
+        return compare.load_runs(selection)
+    except PipelineError as exc:  # no run of this kind in this store; a bad filter is named
+        if selection.where and str(exc).startswith("--filter"):
+            raise
+        return pd.DataFrame()
 
 
 def summary_rows(runs: pd.DataFrame, over: str) -> list[dict]:
