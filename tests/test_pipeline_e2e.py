@@ -130,7 +130,8 @@ def test_run_has_history_metrics_figures_and_model(project, name):
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {f"{name}.csv", f"{name}.json", "figures"} <= artifacts  # history, metrics, details
     figures = {a.path for a in client.list_artifacts(run_id, "figures")}
-    assert figures == {"figures/curves.png", "figures/confusion.png"}
+    drawn = ("curves", "confusion", "roc", "pr", "calibration")
+    assert figures == {f"figures/{figure}.png" for figure in drawn}
     logged = client.search_logged_models([experiment_id(client)], f"source_run_id = '{run_id}'")
     assert len(logged) == 1  # the model, once, as an MLflow Model that takes photos
 

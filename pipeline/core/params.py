@@ -225,6 +225,7 @@ class VisualizeParams(Section):
 class SweepParams(Section):
     """`python -m pipeline sweep` (pipeline/sweep/); not read by any stage, so not in dvc.yaml."""
 
+    seeds: str = Field(min_length=1)  # what --seeds takes: 1-5, 1,3,7 or 1-3,9
     jobs: PositiveInt = 1  # --on local: experiments at once (dvc queue start -j)
     # --on ray: what each task (one training) asks Ray for
     cpus_per_task: Annotated[Number, Field(gt=0)] = 1.0
@@ -304,7 +305,7 @@ class Params(Section):
     pretrained: PretrainedParams
     registry: RegistryParams = RegistryParams()
     visualize: VisualizeParams
-    sweep: SweepParams = SweepParams()
+    sweep: SweepParams
     serving: ServingParams = ServingParams()
     mnist: MnistParams | None = None  # the section 5.1 pipeline (mnist/dvc.yaml)
 
