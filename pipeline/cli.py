@@ -320,6 +320,31 @@ def compare(
 
 
 @stage
+def results(
+    where: Annotated[
+        str,
+        typer.Option(
+            "--filter", help="An MLflow filter: \"params.`train.baseline.epochs` = '30'\"."
+        ),
+    ] = "",
+    stores: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--store", help="A tracking URI to read (repeatable); default: the project's."
+        ),
+    ] = None,
+) -> None:
+    """Not a stage: reports/results.md and .json, every model's figures over seeds, from the
+    MLflow store, with the machine they ran on; also the README's generated tables."""
+    import shlex
+
+    from pipeline.reporting.results import results as write_results
+
+    argv = "".join(" " + shlex.quote(a) for a in sys.argv[2:])
+    write_results(where, argv, tuple(stores or ()))
+
+
+@stage
 def sweep(
     model: Annotated[
         list[str] | None,
@@ -327,7 +352,9 @@ def sweep(
             help="A model (repeatable): baseline, features-vgg16, ...; default: every one."
         ),
     ] = None,
-    seeds: Annotated[str, typer.Option(help="Seeds: 1-5, 1,3,7 or 1-3,9.")] = "1-3",
+    seeds: Annotated[
+        str | None, typer.Option(help="Seeds: 1-5, 1,3,7 or 1-3,9; default sweep.seeds.")
+    ] = None,
     set_param: Annotated[
         list[str] | None,
         typer.Option(
@@ -359,6 +386,7 @@ def sweep(
     from pipeline.sweep.run import sweep as run_sweep
 
     argv = "".join(" " + shlex.quote(a) for a in sys.argv[2:])
+    seeds = seeds or load_params().sweep.seeds
     run_sweep(model or [], seeds, set_param or [], on, jobs, git_remote, args_file, argv)
 
 
@@ -378,8 +406,9 @@ def search(
         str | None, typer.Option(help="A file of -S options (experiments/*.args), before -S.")
     ] = None,
     seeds: Annotated[
-        str, typer.Option(help="Seeds the winner and the book's settings then train.")
-    ] = "1-3",
+        str | None,
+        typer.Option(help="Seeds the winner and the book's settings train; default sweep.seeds."),
+    ] = None,
     study: Annotated[
         str | None, typer.Option(help="The study, in .optuna/<study>.db; default from the space.")
     ] = None,
@@ -398,6 +427,7 @@ def search(
     from pipeline.sweep.search import search as run_search
 
     argv = "".join(" " + shlex.quote(a) for a in sys.argv[2:])
+    seeds = seeds or load_params().sweep.seeds
     run_search(model, trials, set_param or [], seeds, study, on, git_remote, args_file, argv)
 
 
