@@ -146,9 +146,15 @@ def _book(model: str) -> dict:
 
 
 def _order(model: str) -> tuple:
+    """The book's order; MNIST's grid as params.yaml lists it, the book's convnet first."""
     kind, _, rest = model.partition("-")
     kinds = list(catalog.KINDS) + list(catalog.MNIST_KINDS)
-    return (kinds.index(kind) if kind in kinds else len(kinds), rest)
+    return (kinds.index(kind) if kind in kinds else len(kinds), *map(_grid_rank, rest.split("-")))
+
+
+def _grid_rank(word: str) -> tuple:
+    grid = ("max", "average", "strided", "none", "valid", "same")
+    return (grid.index(word), "") if word in grid else (len(grid), word)
 
 
 def settings_changed(members: pd.DataFrame) -> list[str]:
@@ -159,9 +165,19 @@ def settings_changed(members: pd.DataFrame) -> list[str]:
         key, values = column.removeprefix("params."), members[column].dropna().unique()
         if key in NOT_SETTINGS or len(values) != 1 or key not in current:
             continue
-        if yaml.safe_load(str(values[0])) != current[key]:
+        if _value(values[0]) != _value(current[key]):
             changed.append(f"{key}={values[0]}")
     return changed
+
+
+def _value(logged) -> object:
+    """A param as MLflow logged it (a string) or params.yaml holds it, made comparable:
+    `2e-05` and `2.0e-5` are one number (YAML 1.1 reads the first as a string)."""
+    value = yaml.safe_load(str(logged))
+    try:
+        return float(value) if not isinstance(value, bool) else value
+    except (TypeError, ValueError):
+        return value
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -253,6 +269,7 @@ def markdown(doc: dict) -> str:
         "## Dogs vs. cats: the book's progression",
         "",
         *progression_table(doc["progression"]),
+        *_missing_line(doc["progression"]),
         "",
         "Each step against the one before (Welch's t-test on test accuracy, Holm over the steps):",
         "",
@@ -284,6 +301,13 @@ def progression_table(rows: list[dict]) -> list[str]:
     if not rows:
         lines.append("| (no finished training runs) | | | | | | | | |")
     return lines
+
+
+def _missing_line(rows: list[dict]) -> list[str]:
+    """The steps of the progression no finished run stands for yet (so no row, no test)."""
+    trained = {row["model"].split("-", 1)[0] for row in rows}
+    missing = [kind for kind in STEPS if kind not in trained]
+    return ["", f"No finished runs yet: {', '.join(missing)}."] if missing else []
 
 
 def mnist_table(rows: list[dict]) -> list[str]:
