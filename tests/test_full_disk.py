@@ -181,15 +181,31 @@ def test_an_epoch_backup_on_a_full_disk_stops_fit_and_keeps_the_last_good_backup
     assert sorted(os.listdir(checkpoints)) == ["history.csv", resume.WEIGHTS, resume.METADATA]
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A real MLflow store in a temporary folder, with the pipeline's experiment."""
+@pytest.fixture(scope="module")
+def store_folder(tmp_path_factory) -> Path:
+    """A real MLflow store with the pipeline's experiment, made once (its tables take seconds)."""
     from pipeline.tracking import store
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    folder = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        store.connect()
+    return folder
+
+
+@pytest.fixture
+def store(store_folder, monkeypatch):
+    """The module's MLflow store, as the pipeline finds it (this test's working directory)."""
+    import mlflow
+
+    from pipeline.tracking import store
+
+    monkeypatch.chdir(store_folder)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store_folder / 'mlflow.db'}")
     store.connect()
-    return tmp_path / "mlflow.db"
+    yield store_folder / "mlflow.db"
+    mlflow.end_run()  # none is left active for the next test
 
 
 @pytest.mark.parametrize(
