@@ -19,7 +19,10 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.params import DataParams, TransferParams
 from pipeline.data.download import download
 from pipeline.data.fetch import fetch_archive
+from tests.helpers.project import BOOK_PARAMS
 from tests.helpers.synthetic import corrupt_jpeg, write_archive
+
+TRANSFER = BOOK_PARAMS.data.transfer  # params.yaml's, the one place that holds the defaults
 
 
 @pytest.fixture
@@ -33,6 +36,7 @@ def outputs(tmp_path):
 def fetch_over_http(server, name, **kwargs):
     kwargs.setdefault("cache_dir", server.directory.parent / "cache")
     kwargs.setdefault("backoff_seconds", 0)
+    kwargs.setdefault("transfer", TRANSFER)
     return fetch_archive(f"{server.url}/{name}", **kwargs)
 
 
@@ -41,7 +45,7 @@ def test_http_download_of_both_layouts(archive_server, outputs, layout):
     archive = write_archive(archive_server.directory / f"{layout}.zip", layout=layout, per_class=6)
     sha = hashlib.sha256(archive.read_bytes()).hexdigest()
     source = f"{archive_server.url}/{layout}.zip"
-    report = download(DataParams(source=source, sha256=sha), **outputs)
+    report = download(DataParams(transfer=TRANSFER, source=source, sha256=sha), **outputs)
     assert report["layout"] == layout
     assert report["classes"]["cat"]["valid"] == report["classes"]["dog"]["valid"] == 6
     assert sorted(p.name for p in (outputs["images_dir"] / "dog").iterdir()) == [
@@ -59,7 +63,9 @@ def test_bad_images_are_skipped_and_counted_per_class(archive_server, outputs):
         bad=bad,
         extra={"PetImages/Cat/Thumbs.db": b"\x00" * 10},
     )
-    report = download(DataParams(source=f"{archive_server.url}/ms.zip"), **outputs)
+    report = download(
+        DataParams(transfer=TRANSFER, source=f"{archive_server.url}/ms.zip"), **outputs
+    )
     assert report["classes"]["cat"] == {
         "valid": 6,
         "corrupt": 1,
@@ -88,7 +94,10 @@ def test_bad_images_are_skipped_and_counted_per_class(archive_server, outputs):
 def test_wrong_checksum_fails_and_leaves_nothing(archive_server, outputs):
     write_archive(archive_server.directory / "a.zip", per_class=3)
     with pytest.raises(PipelineError, match=r"data.sha256 mismatch .* expects 0000"):
-        download(DataParams(source=f"{archive_server.url}/a.zip", sha256="0" * 64), **outputs)
+        download(
+            DataParams(transfer=TRANSFER, source=f"{archive_server.url}/a.zip", sha256="0" * 64),
+            **outputs,
+        )
     assert not outputs["images_dir"].exists() and not outputs["report_file"].exists()
     assert (
         not list((archive_server.directory.parent / "cache").glob("*"))
@@ -110,7 +119,7 @@ def test_unreachable_url_fails_after_retries(tmp_path):
         fetch_archive(
             "http://127.0.0.1:9/x.zip",
             cache_dir=tmp_path,
-            transfer=TransferParams(attempts=3),
+            transfer=TRANSFER.model_copy(update={"attempts": 3}),
             backoff_seconds=0,
         )
 
@@ -152,10 +161,20 @@ def test_cached_download_is_reused(archive_server):
 
 def test_local_path_and_file_url(tmp_path, outputs):
     archive = write_archive(tmp_path / "local.zip", per_class=3)
-    assert download(DataParams(source=str(archive)), **outputs)["classes"]["cat"]["valid"] == 3
-    assert download(DataParams(source=archive.as_uri()), **outputs)["classes"]["dog"]["valid"] == 3
+    assert (
+        download(DataParams(transfer=TRANSFER, source=str(archive)), **outputs)["classes"]["cat"][
+            "valid"
+        ]
+        == 3
+    )
+    assert (
+        download(DataParams(transfer=TRANSFER, source=archive.as_uri()), **outputs)["classes"][
+            "dog"
+        ]["valid"]
+        == 3
+    )
     with pytest.raises(PipelineError, match="does not exist"):
-        download(DataParams(source=str(tmp_path / "nope.zip")), **outputs)
+        download(DataParams(transfer=TRANSFER, source=str(tmp_path / "nope.zip")), **outputs)
 
 
 def test_truncated_and_non_zip_archives(tmp_path, outputs):
@@ -163,11 +182,11 @@ def test_truncated_and_non_zip_archives(tmp_path, outputs):
     truncated = tmp_path / "truncated.zip"
     truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size * 2 // 3])
     with pytest.raises(PipelineError, match="truncated"):
-        download(DataParams(source=str(truncated)), **outputs)
+        download(DataParams(transfer=TRANSFER, source=str(truncated)), **outputs)
     html = tmp_path / "page.zip"
     html.write_text("<html>404</html>")
     with pytest.raises(PipelineError, match="not a readable zip archive"):
-        download(DataParams(source=str(html)), **outputs)
+        download(DataParams(transfer=TRANSFER, source=str(html)), **outputs)
     assert not outputs["images_dir"].exists() and not outputs["report_file"].exists()
 
 
@@ -176,10 +195,10 @@ def test_no_recognisable_images_or_a_missing_class(tmp_path, outputs):
     with zipfile.ZipFile(other, "w") as z:
         z.writestr("photos/a.jpg", b"x")
     with pytest.raises(PipelineError, match="no images in a known layout"):
-        download(DataParams(source=str(other)), **outputs)
+        download(DataParams(transfer=TRANSFER, source=str(other)), **outputs)
     cats_only = write_archive(tmp_path / "cats.zip", per_class=3, classes=("cat",))
     with pytest.raises(PipelineError, match="no valid dog images"):
-        download(DataParams(source=str(cats_only)), **outputs)
+        download(DataParams(transfer=TRANSFER, source=str(cats_only)), **outputs)
     assert not outputs["images_dir"].exists()
 
 
@@ -240,7 +259,7 @@ def test_a_trickling_server_fails_the_minimum_rate(tmp_path):
 def test_a_server_that_never_answers_gives_up_after_attempts_times_timeout(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never answers
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/a.zip"
-        transfer = TransferParams(timeout_seconds=0.3, attempts=2)
+        transfer = TRANSFER.model_copy(update={"timeout_seconds": 0.3, "attempts": 2})
         started = time.monotonic()
         with pytest.raises(
             PipelineError, match=r"no answer within data.transfer.timeout_seconds=0.3 s"
@@ -262,11 +281,11 @@ def test_a_damaged_local_archive_is_never_to_be_deleted(tmp_path, archive_server
     (tmp_path / "crc.zip").write_bytes(bytes(data))
     for name in ("cut.zip", "crc.zip"):
         with pytest.raises(PipelineError) as error:
-            download(DataParams(source=str(tmp_path / name)), **outputs)
+            download(DataParams(transfer=TRANSFER, source=str(tmp_path / name)), **outputs)
         message = str(error.value)
         assert message.startswith(f"{tmp_path / name}: ") and "the file is damaged" in message
         assert "delete" not in message
         assert (tmp_path / name).is_file()
     (archive_server.directory / "crc.zip").write_bytes(bytes(data))
     with pytest.raises(PipelineError, match="the download is truncated or damaged and is deleted"):
-        download(DataParams(source=f"{archive_server.url}/crc.zip"), **outputs)
+        download(DataParams(transfer=TRANSFER, source=f"{archive_server.url}/crc.zip"), **outputs)

@@ -132,7 +132,7 @@ def in_folder(tmp_path, monkeypatch):
 def data_params(source: str, sha256: str = "", attempts: int = 1):
     from pipeline.core.params import MnistDataParams, MnistParams, TransferParams
 
-    transfer = TransferParams(timeout_seconds=2, attempts=attempts)
+    transfer = TransferParams(timeout_seconds=2, attempts=attempts, min_bytes_per_second=10_000)
     data = MnistDataParams(source=source, sha256=sha256, transfer=transfer)
     grid = {"downsampling": ["max"], "padding": ["valid"]}
     return MnistParams(data=data, validation=50, seeds=[1], dense=TINY_FIT, convnet=TINY_FIT, grid=grid)  # fmt: skip

@@ -32,8 +32,6 @@ from pipeline.core.paths import PARAMS_FILE
 MIN_SCRATCH_IMAGE_SIZE = 46
 MIN_BASE_IMAGE_SIZE = 32
 # What keras.datasets.mnist downloads (keras/src/datasets/mnist.py).
-MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
-MNIST_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 
 
 def _not_a_boolean(value):
@@ -86,17 +84,17 @@ class TransferParams(Section):
     """How an http(s) data.source travels (pipeline/data/fetch.py). Not declared in dvc.yaml:
     how the bytes arrive does not change what they are."""
 
-    timeout_seconds: Annotated[Number, Field(gt=0)] = 30.0  # to connect, and for each read
-    attempts: PositiveInt = 5  # each resumes where the last one stopped
+    timeout_seconds: Annotated[Number, Field(gt=0)]  # to connect, and for each read
+    attempts: PositiveInt  # each resumes where the last one stopped
     # Fewer bytes than this times timeout_seconds in any timeout_seconds fails the attempt
     # (a server that trickles); 0: no minimum.
-    min_bytes_per_second: NonNegativeInt = 10_000
+    min_bytes_per_second: NonNegativeInt
 
 
 class DataParams(Section):
     source: str = Field(min_length=1)
     sha256: Sha256 = ""
-    transfer: TransferParams = TransferParams()
+    transfer: TransferParams
 
 
 class SplitParams(Section):
@@ -240,11 +238,11 @@ class ServingParams(Section):
 
 
 class MnistDataParams(Section):
-    """Where the MNIST npz comes from (keras.datasets.mnist's file by default)."""
+    """Where the MNIST npz comes from (params.yaml: keras.datasets.mnist's file)."""
 
-    source: str = Field(default=MNIST_URL, min_length=1)  # a URL, a local path or file:// URL
-    sha256: Sha256 = MNIST_SHA256  # empty: not checked
-    transfer: TransferParams = TransferParams()
+    source: str = Field(min_length=1)  # a URL, a local path or file:// URL
+    sha256: Sha256  # empty: not checked
+    transfer: TransferParams
 
 
 class DenseParams(FitParams):
@@ -274,7 +272,7 @@ class MnistVisualizeParams(Section):
 class MnistParams(Section):
     """mnist/dvc.yaml: the chapter's opening (section 5.1), a pipeline of its own."""
 
-    data: MnistDataParams = MnistDataParams()
+    data: MnistDataParams
     validation: PositiveInt = 500  # training digits held out (seeded, per class) for validation
     seeds: list[Int] = Field(min_length=1)
     dense: DenseParams

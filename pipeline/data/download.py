@@ -176,7 +176,7 @@ def _verify_and_write(archive, members: list, out: Path):
 def download(
     params: DataParams, images_dir: Path = IMAGES_DIR, report_file: Path = DOWNLOAD_REPORT
 ) -> dict:
-    archive = fetch_archive(params.source, params.sha256, transfer=params.transfer)
+    archive = fetch_archive(params.source, params.transfer, sha256=params.sha256)
     downloaded = is_url(params.source)
     with all_or_none():  # the images and their report change together
         report = {"source": params.source, **extract_images(archive, images_dir, downloaded)}

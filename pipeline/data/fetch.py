@@ -43,9 +43,9 @@ def local_path(source: str) -> Path:
 
 def fetch_archive(
     source: str,
+    transfer: TransferParams,
     sha256: str = "",
     cache_dir: Path | None = None,
-    transfer: TransferParams | None = None,
     backoff_seconds: float = 1.0,
     key: str = "data",
 ) -> Path:
@@ -54,7 +54,7 @@ def fetch_archive(
     if is_url(source):
         # One cache in the user's project: experiments in temporary copies reuse it too.
         cache_dir = cache_dir or project_root() / DOWNLOAD_CACHE
-        path = _download(source, cache_dir, transfer or TransferParams(), backoff_seconds, key)
+        path = _download(source, cache_dir, transfer, backoff_seconds, key)
     else:
         path = local_path(source)
         if not path.is_file():

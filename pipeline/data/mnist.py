@@ -32,7 +32,7 @@ VALIDATION_SEED = 0  # one held-out set for every model and seed: their scores c
 
 def mnist(params: MnistParams, out: Path = MNIST_DIGITS, report_file: Path = MNIST_DATA_REPORT):
     source = params.data
-    path = fetch_archive(source.source, source.sha256, transfer=source.transfer, key=KEY)
+    path = fetch_archive(source.source, source.transfer, sha256=source.sha256, key=KEY)
     (x_train, y_train), (x_test, y_test) = read_npz(path, downloaded=is_url(source.source))
     train, validation = hold_out(x_train, y_train, params.validation, path)
     splits = {"train": train, "validation": validation, "test": (x_test, y_test)}

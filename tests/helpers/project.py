@@ -22,7 +22,10 @@ from harness.project import (  # noqa: F401  (the tests' one import of project h
     tracked_project_files,
     update_params,
 )
+from pipeline.core.params import load_params
 
+# params.yaml as committed: the one place that holds the defaults, for tests that build a section
+BOOK_PARAMS = load_params(ROOT / "params.yaml")
 TINY_FIT = {"epochs": 3, "batch_size": 10, "steps_per_epoch": 0, "learning_rate": 1e-3}
 # Every model of the graph, small enough to train in seconds on synthetic images
 # (tests/helpers/synthetic.py): VGG16 with random weights (ImageNet's cannot be downloaded here),
