@@ -344,6 +344,16 @@ def results(
     write_results(where, argv, tuple(stores or ()))
 
 
+# Options that sweep and search share
+ArgsFile = Annotated[
+    str | None, typer.Option(help="A file of -S options (experiments/*.args), before -S.")
+]
+On = Annotated[
+    str, typer.Option(help="local (the DVC queue), ray://HOST:PORT, or auto (RAY_ADDRESS).")
+]
+GitRemote = Annotated[str, typer.Option(help="--on ray: the git remote workers clone and push to.")]
+
+
 @stage
 def sweep(
     model: Annotated[
@@ -363,20 +373,13 @@ def sweep(
             help="key=value, or a grid: key=0.3,0.5, key=choice(...), key=range(...) (repeatable).",
         ),
     ] = None,
-    args_file: Annotated[
-        str | None, typer.Option(help="A file of -S options (experiments/*.args), before -S.")
-    ] = None,
-    on: Annotated[
-        str,
-        typer.Option(help="local (the DVC queue), ray://HOST:PORT, or auto (RAY_ADDRESS)."),
-    ] = "local",
+    args_file: ArgsFile = None,
+    on: On = "local",
     jobs: Annotated[
         int | None,
         typer.Option("--jobs", "-j", min=1, help="--on local: at once; default sweep.jobs."),
     ] = None,
-    git_remote: Annotated[
-        str, typer.Option(help="--on ray: the git remote workers clone and push to.")
-    ] = "origin",
+    git_remote: GitRemote = "origin",
 ) -> None:
     """Not a stage: one DVC experiment per (model, configuration of the grid, seed), here or
     on a Ray cluster; skips the finished ones, reruns the failed ones, then ranks the
@@ -402,9 +405,7 @@ def search(
             help="The space: key=choice(...), range(...), interval(...); key=value is fixed.",
         ),
     ] = None,
-    args_file: Annotated[
-        str | None, typer.Option(help="A file of -S options (experiments/*.args), before -S.")
-    ] = None,
+    args_file: ArgsFile = None,
     seeds: Annotated[
         str | None,
         typer.Option(help="Seeds the winner and the book's settings train; default sweep.seeds."),
@@ -412,13 +413,8 @@ def search(
     study: Annotated[
         str | None, typer.Option(help="The study, in .optuna/<study>.db; default from the space.")
     ] = None,
-    on: Annotated[
-        str,
-        typer.Option(help="local (the DVC queue), ray://HOST:PORT, or auto (RAY_ADDRESS)."),
-    ] = "local",
-    git_remote: Annotated[
-        str, typer.Option(help="--on ray: the git remote workers clone and push to.")
-    ] = "origin",
+    on: On = "local",
+    git_remote: GitRemote = "origin",
 ) -> None:
     """Not a stage: an Optuna TPE search, one DVC experiment per trial, resumable; then the
     winner against the book's settings over seeds (reports/search-<study>.md)."""
