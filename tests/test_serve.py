@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import requests
 
 from pipeline.serving.server import MB, cut_error, unparseable
 from tests.helpers.project import ROOT, command_env, run, update_params
+from tests.helpers.servers import wait_until_up
 from tests.helpers.synthetic import jpeg_bytes, synthetic_image
 
 LIMIT_MB = 4  # serving.max_request_mb of the test project
@@ -88,25 +88,11 @@ def served(tmp_path_factory):
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(url, process, log_path)
+        wait_until_up(url, process, log_path, "pipeline serve")
         yield url, process.pid
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
-
-
-def _wait_until_up(url: str, process, log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"pipeline serve exited:\n{log.read_text()}")
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"pipeline serve not up after {timeout} s:\n{log.read_text()}")
 
 
 def _post(url: str, data, content_type: str = "application/json") -> requests.Response:

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from pipeline.core.files import read_metrics
 from pipeline.data import images
 from tests.helpers.photos import encoded, photo
 from tests.helpers.project import command_env, run
+from tests.helpers.servers import wait_until_up
 from tests.helpers.synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image
 from tests.helpers.tiny_model import save_tiny_keras
 from tests.helpers.tracking import client_of, experiment_id, store_uri, tracked_runs
@@ -158,26 +158,12 @@ def server(project):
     process = subprocess.Popen(command, stdout=log, stderr=log, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(url, process, project.parent / "serve.log")
+        wait_until_up(url, process, project.parent / "serve.log", "mlflow models serve")
         yield url
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # the server and its uvicorn worker
         process.wait(timeout=30)
         log.close()
-
-
-def _wait_until_up(url: str, process, log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"mlflow models serve exited:\n{log.read_text()}")
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"mlflow models serve not up after {timeout} s:\n{log.read_text()}")
 
 
 def _post_image(url: str, data: bytes) -> requests.Response:

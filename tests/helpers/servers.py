@@ -93,3 +93,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.connection.shutdown(2)  # a broken transfer, as the network does it
             return
         self.wfile.write(body)
+
+
+def wait_until_up(url: str, process, log: Path, name: str, timeout: float = 240) -> None:
+    """Until a scoring server started as `process` answers /ping; its log on failure."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited:\n{log.read_text()}")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{name} not up after {timeout} s:\n{log.read_text()}")
