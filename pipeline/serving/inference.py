@@ -57,9 +57,29 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 def load_keras(path):
     """The Keras model of a logged MLflow Model (its artifact `keras_model`)."""
     from pipeline.models.model_io import load_keras as load
+    from pipeline.tracking.registry import retrain_command
 
-    advice = "this MLflow Model is damaged: rerun its training stage (dvc repro) to log it again"
+    # dvc repro alone reruns nothing: the workspace's model file is intact
+    command = retrain_command(_stage_of_logged(path) or "STAGE")
+    advice = f"this MLflow Model is damaged: `{command}` logs and registers it again"
     return load(path, advice=advice)
+
+
+def _stage_of_logged(path) -> str | None:
+    """The DVC stage that logged the MLflow Model holding `path` (its tag `dvc.stage`); None
+    where its MLmodel or the store cannot tell."""
+    from pathlib import Path
+
+    import yaml
+
+    roots = [p for p in Path(path).parents if (p / "MLmodel").is_file()]
+    if not roots or not mlflow.is_tracking_uri_set():  # never the default store: it makes one
+        return None
+    try:
+        model_id = yaml.safe_load((roots[0] / "MLmodel").read_text()).get("model_id")
+        return mlflow.get_logged_model(model_id).tags.get("dvc.stage")
+    except Exception:  # no MLmodel, no store: the advice names STAGE instead
+        return None
 
 
 def input_size(model) -> int:
