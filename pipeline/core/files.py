@@ -35,6 +35,7 @@ def atomic_path(target: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _honour_umask(tmp_path, 0o666)
         _keep(target)
         os.replace(tmp_path, target)
     except Exception as exc:
@@ -52,6 +53,7 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _honour_umask(tmp, 0o777)
         _keep(target)
         if target.exists():
             shutil.rmtree(target)
@@ -61,6 +63,15 @@ def atomic_dir(target: Path | str) -> Iterator[Path]:
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _honour_umask(path: Path, mode: int) -> None:
+    """Give a temporary file or folder the mode a plain open() or mkdir() would have: mkstemp
+    and mkdtemp make them owner-only, which breaks a group's shared project or DVC cache."""
+    umask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(umask)
+    if path.exists():
+        os.chmod(path, mode & ~umask)
 
 
 def _raise_full_disk(exc: Exception, target: Path) -> None:
