@@ -63,10 +63,10 @@ def version(client, name: str, row):
         order_by=["version_number DESC"],
     )
     # a version whose artifact was damaged since is replaced, so the alias moves off it
-    if found and readable(found[0].model_id):
+    if found and readable(logged_model_id(found[0])):
         return found[0]
     logged = _logged_model(digest)
-    if logged is None or (found and logged.model_id == found[0].model_id):
+    if logged is None or (found and logged.model_id == logged_model_id(found[0])):
         why = (
             "a damaged Keras artifact"
             if found
@@ -81,12 +81,18 @@ def version(client, name: str, row):
 def retrain_command(stage: str) -> str:
     """The command that trains `stage` (a run's tag `dvc.stage`) again and registers its
     model, although DVC sees nothing changed."""
-    kind = catalog.KINDS.get(stage.partition("@")[0])
     report = "report"
-    if kind is not None and kind.task == "mnist":  # its own pipeline: mnist/dvc.yaml
+    if stage.partition("@")[0] in catalog.MNIST_KINDS:  # its own pipeline: mnist/dvc.yaml
         stage, report = f"mnist/dvc.yaml:{stage}", "mnist/dvc.yaml:convolution"
     # --single-item: --force alone reruns every stage upstream too
     return f"dvc repro --force --single-item {stage} {report}"
+
+
+def logged_model_id(model_version) -> str | None:
+    """The id of the logged model a version was registered from; None for a run's path."""
+    # the sqlite store leaves `model_id` empty: the source `models:/<id>` names it
+    source = model_version.source or ""
+    return model_version.model_id or (source[8:] if source.startswith("models:/m-") else None)
 
 
 def readable(model_id: str | None) -> bool:
