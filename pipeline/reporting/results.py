@@ -51,9 +51,9 @@ def results(where: str = "", argv: str = "", stores: tuple[str, ...] = ()) -> di
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": f"python -m pipeline results{argv}",
         "machine": machine.describe(),
-        "progression": summary_rows(dogs, "train.seed"),
+        "progression": summary_rows(dogs),
         "steps": step_tests(dogs),
-        "mnist": summary_rows(digits, "mnist.seed"),
+        "mnist": summary_rows(digits),
         "mnist_tests": mnist_tests(digits),
     }
     doc["mnist_error_reduction"] = error_reduction(doc["mnist"])
@@ -89,7 +89,7 @@ def _runs_in(uri: str, selection: compare.Selection) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def summary_rows(runs: pd.DataFrame, over: str) -> list[dict]:
+def summary_rows(runs: pd.DataFrame) -> list[dict]:
     """One row per model: settings, seeds, accuracy mean ± sd, seconds, peak memory."""
     rows = []
     for model, members in runs.groupby("model", sort=False):
