@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.errors import PipelineError
-from tests.helpers.project import ROOT
+from tests.helpers.project import ROOT, backed_up_epoch
 
 HOLD = """
 import sys, time
@@ -182,15 +182,6 @@ def trainer(project: Path, name: str) -> subprocess.Popen:
         text=True,
         env=command_env(),
     )
-
-
-def backed_up_epoch(project: Path, name: str) -> int:
-    from pipeline.training.resume import backup
-
-    for folder in (project / ".checkpoints").glob(f"{name}-*"):
-        if (found := backup(folder)) is not None:
-            return found[1]["epoch"]
-    return 0
 
 
 def outputs(project: Path, name: str) -> dict[str, bytes]:

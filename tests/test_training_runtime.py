@@ -12,7 +12,14 @@ import psutil
 import pytest
 
 from pipeline.core.files import read_metrics
-from tests.helpers.project import params_patched, ran_stages, run, tiny_project, update_params
+from tests.helpers.project import (
+    backed_up_epoch,
+    params_patched,
+    ran_stages,
+    run,
+    tiny_project,
+    update_params,
+)
 from tests.helpers.tracking import client_of, tracked_runs
 
 pytestmark = pytest.mark.slow
@@ -72,10 +79,9 @@ def start_stage(project):
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        histories = list((project / ".checkpoints").glob("baseline-*/history.csv"))
         if (
-            histories and len(histories[0].read_text().splitlines()) >= 3
-        ):  # two epochs recorded, one or two backed up
+            backed_up_epoch(project, "baseline") >= 1
+        ):  # a whole backup to resume from, not just its history
             children = psutil.Process(dvc.pid).children(recursive=True)
             # The python process itself, not DVC's `sh -c` around it: dash forks rather than execs.
             trainer = [p for p in children if p.cmdline()[1:3] == ["-m", "pipeline"]]

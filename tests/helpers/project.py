@@ -96,3 +96,13 @@ def stale_stages(project: Path) -> set[str]:
 
     with contextlib.chdir(project), Repo(".") as repo:
         return set(repo.status(targets=["dvc.yaml"]))
+
+
+def backed_up_epoch(project: Path, name: str) -> int:
+    """The epoch of a training's last complete backup in `project` (0: none yet)."""
+    from pipeline.training.resume import backup
+
+    for folder in (project / ".checkpoints").glob(f"{name}-*"):
+        if (found := backup(folder)) is not None:
+            return found[1]["epoch"]
+    return 0
