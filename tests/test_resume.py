@@ -225,17 +225,10 @@ def test_a_killed_deterministic_training_resumes_to_the_same_bytes(deterministic
 
 @pytest.mark.slow
 def test_a_hand_run_training_beside_dvc_repro_refuses_and_leaves_it_alone(deterministic_project):
-    from tests.helpers.project import command_env, ran_stages
+    from tests.helpers.project import ran_stages, start_repro
 
     project = deterministic_project
-    dvc = subprocess.Popen(
-        ["dvc", "repro", "baseline"],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=command_env(),
-    )
+    dvc = start_repro(project, "baseline")
     deadline = time.monotonic() + 300
     while backed_up_epoch(project, "baseline") < 1:
         assert dvc.poll() is None and time.monotonic() < deadline, dvc.stdout.read()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -17,6 +16,7 @@ from tests.helpers.project import (
     params_patched,
     ran_stages,
     run,
+    start_repro,
     tiny_project,
     update_params,
 )
@@ -69,14 +69,7 @@ def start_stage(project):
         "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
         "SHELL": "/bin/sh",
     }
-    dvc = subprocess.Popen(
-        ["dvc", "repro", "baseline"],
-        cwd=project,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    dvc = start_repro(project, "baseline", env)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if (

@@ -106,3 +106,15 @@ def backed_up_epoch(project: Path, name: str) -> int:
         if (found := backup(folder)) is not None:
             return found[1]["epoch"]
     return 0
+
+
+def start_repro(project: Path, stage: str, env: dict | None = None) -> subprocess.Popen:
+    """`dvc repro STAGE` in the background, its output in one text pipe."""
+    return subprocess.Popen(
+        ["dvc", "repro", stage],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env or command_env(),
+    )
