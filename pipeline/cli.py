@@ -434,6 +434,9 @@ def main() -> None:
     # Keras imports scikit-learn only for wrappers no command uses: every stage process skips it
     sys.modules.setdefault("sklearn", None)
     logging.getLogger("mlflow.store.db.utils").addFilter(errors.HideFullDiskLogs())
+    from pipeline.training import backend
+
+    backend.choose()  # KERAS_BACKEND from params.yaml: before any command imports Keras
     try:
         app()
     except SystemExit as exc:
@@ -441,9 +444,14 @@ def main() -> None:
     _exit(0)
 
 
+# Keras backends whose teardown only frees C++ globals and thread pools (JAX's: about as
+# long as TensorFlow's), so an exit can skip it
+HEAVY_RUNTIMES = ("tensorflow", "jax")
+
+
 def _exit(code) -> None:
-    """Exit with `code`, skipping the interpreter's teardown where TensorFlow was loaded: it
-    only frees TensorFlow's C++ globals and thread pools, seconds of every stage process
+    """Exit with `code`, skipping the interpreter's teardown where TensorFlow or JAX was
+    loaded: it only frees their C++ globals and thread pools, seconds of every stage process
     (docs/performance.md). By now every output is closed (atomic files, MLflow's committed
     sqlite rows); Python's exit hooks still run. With another non-daemon thread alive, the
     normal exit waits."""
@@ -453,7 +461,8 @@ def _exit(code) -> None:
         print(code, file=sys.stderr)
         code = 1
     others = [t for t in threading.enumerate() if t is not threading.main_thread()]
-    if "tensorflow" not in sys.modules or any(t.is_alive() and not t.daemon for t in others):
+    loaded = any(name in sys.modules for name in HEAVY_RUNTIMES)
+    if not loaded or any(t.is_alive() and not t.daemon for t in others):
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):

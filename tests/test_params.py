@@ -57,6 +57,10 @@ def test_bare_on_and_off_mean_the_switch_not_a_boolean(tmp_path):
             "train.finetune.cached_copies: Input should be greater than or equal to 0 (got -1)",
         ),
         ({"split": {"order": "random"}}, "split.order: Input should be 'book' or 'shuffle'"),
+        (
+            {"train": {"runtime": {"backend": "torch"}}},
+            "train.runtime.backend: Input should be 'tensorflow' or 'jax' (got 'torch')",
+        ),
         ({"data": {"sha256": "abc"}}, "data.sha256"),
         (
             {"prepare": {"image_sizes": [224]}},

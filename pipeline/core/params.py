@@ -148,6 +148,9 @@ Switch = Annotated[
 
 
 class RuntimeParams(Section):
+    # Keras' backend (docs/backends.md): python -m pipeline sets KERAS_BACKEND from it before
+    # Keras is imported, so every stage, and DVC, follow the param, not the shell
+    backend: Literal["tensorflow", "jax"] = "tensorflow"
     deterministic: bool = False
     strategy: Literal["auto", "default", "mirrored"] = "auto"
     mixed_precision: Switch = "auto"

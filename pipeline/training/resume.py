@@ -79,7 +79,14 @@ def resumed_data(dataset, epochs_done: int, steps_per_epoch: int):
     """`dataset` as epoch `epochs_done` + 1 of an uninterrupted fit reads it. A repeated
     dataset (steps_per_epoch > 0) is one stream: skip the batches already trained on. One
     read once an epoch is reshuffled for each iterator made of it: make and drop as many as
-    the epochs done made (tests/test_resume.py checks the count against a real fit)."""
+    the epochs done made (tests/test_resume.py checks the count against a real fit).
+    Off TensorFlow, `dataset` is an ArrayBatches (pipeline/data/dataset.py), whose order is
+    a function of the batch's place in the stream: it starts where the epoch began, the same
+    batches as the uninterrupted run's (tests/test_backends.py checks it against a real fit)."""
+    from pipeline.data.dataset import ArrayBatches
+
+    if isinstance(dataset, ArrayBatches):
+        return dataset.advanced(epochs_done, steps_per_epoch)
     if steps_per_epoch:
         return dataset.skip(epochs_done * steps_per_epoch)
     for _ in range(epochs_done * FIT_ITERATORS_PER_EPOCH):

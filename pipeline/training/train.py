@@ -242,6 +242,7 @@ def fit(job: Job, model: keras.Model, checkpoints: Path, previous: list[dict]):
         validation_data=make_dataset(x_val, y_val, job.fit.batch_size),
         epochs=job.fit.epochs,
         steps_per_epoch=steps or None,
+        shuffle=False,  # the data shuffles itself, seeded and resumable (Keras' shuffle: none)
         callbacks=callbacks,
         verbose=2,  # one line per epoch: readable in `dvc repro` logs
     )
