@@ -34,6 +34,7 @@ class Trained:
     params: object  # pipeline.core.params.Params
     metrics: dict[str, dict]
     client: object  # mlflow.MlflowClient on the folder's store
+    backend: str = "tensorflow"  # the Keras backend they trained on
 
 
 def synthetic_split(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,13 +44,16 @@ def synthetic_split(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), labels.astype(np.int64)
 
 
-def tiny_params(root: Path):
+def tiny_params(root: Path, backend: str = "tensorflow"):
     from pipeline.core.params import load_params
 
     (root / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     patch = {
         "prepare": {"image_sizes": [SIZE]},
-        "train": {model: {"image_size": SIZE, **FIT} for model in MODELS},
+        "train": {
+            "runtime": {"backend": backend},
+            **{model: {"image_size": SIZE, **FIT} for model in MODELS},
+        },
         "pretrained": {"bases": {"vgg16": None, "efficientnet_lite0": None}},
     }
     update_params(root, patch)
@@ -77,26 +81,61 @@ def train_in_process(params, name: str) -> dict:
     return train.run(make_job(params, model, build_model=build_model, data=data))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Trained:
+def train_models(root: Path, backend: str, patch: pytest.MonkeyPatch) -> dict[str, dict]:
+    """What the `trained` fixture trains, in this process (whose Keras runs on `backend`)."""
+    patch.chdir(root)
+    patch.setenv("MLFLOW_TRACKING_URI", store_uri(root))
+    params = tiny_params(root, backend)
+    metrics = {}
+    sigterm = signal.getsignal(signal.SIGTERM)  # train.run makes SIGTERM a KeyboardInterrupt
+    try:
+        for name in MODELS:  # augmented with the stage timeline on, baseline without
+            if name == "augmented":
+                patch.setenv("PIPELINE_TIMELINE", str(root / "timeline.json"))
+            metrics[name] = train_in_process(params, name)
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    return metrics
+
+
+# The same trainings in a child on JAX, where TensorFlow cannot be imported
+IN_CHILD = """
+import json, sys
+from pathlib import Path
+import pytest
+from tests.test_training_in_process import train_models
+root = Path(sys.argv[1])
+with pytest.MonkeyPatch.context() as patch:
+    metrics = train_models(root, "jax", patch)
+(root / "metrics.json").write_text(json.dumps({**metrics, "tensorflow": "tensorflow" in sys.modules}))
+"""
+
+
+@pytest.fixture(scope="module", params=["tensorflow", "jax"])
+def trained(request, tmp_path_factory) -> Trained:
+    """Trained in this process on TensorFlow, or in a child on JAX (tests/helpers/backends.py):
+    the same tests read either."""
     from mlflow import MlflowClient
 
-    root = tmp_path_factory.mktemp("in-process")
-    uri = store_uri(root)
-    sigterm = signal.getsignal(signal.SIGTERM)  # train.run makes SIGTERM a KeyboardInterrupt
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        params = tiny_params(root)
-        metrics = {}
-        try:
-            for name in MODELS:  # augmented with the stage timeline on, baseline without
-                if name == "augmented":
-                    patch.setenv("PIPELINE_TIMELINE", str(root / "timeline.json"))
-                metrics[name] = train_in_process(params, name)
-        finally:
-            signal.signal(signal.SIGTERM, sigterm)
-    return Trained(root, params, metrics, MlflowClient(uri))
+    from pipeline.core.params import load_params
+    from tests.helpers.backends import backend_env, run_child
+
+    backend, root = request.param, tmp_path_factory.mktemp(f"in-process-{request.param}")
+    if backend == "tensorflow":
+        with pytest.MonkeyPatch.context() as patch:
+            metrics = train_models(root, backend, patch)
+    else:
+        run_child(IN_CHILD, backend_env(backend, root), timeout=600, args=[str(root)])
+        metrics = json.loads((root / "metrics.json").read_text())
+        assert metrics.pop("tensorflow") is False  # the training path needs none on JAX
+    params = load_params(root / "params.yaml")
+    return Trained(root, params, metrics, MlflowClient(store_uri(root)), backend)
+
+
+def tensorflow_only(trained: Trained) -> None:
+    """For the tests of what is the same whichever backend trained: one run of them."""
+    if trained.backend != "tensorflow":
+        pytest.skip("backend-independent: the TensorFlow variant runs it")
 
 
 def test_timeline_marks_every_phase_of_every_epoch_in_order(trained):
@@ -173,9 +212,12 @@ def test_train_run_is_one_mlflow_run_with_params_curves_scores_and_model(trained
     assert steps == list(range(1, FIT["epochs"] + 1))
     tags = run.data.tags
     assert (tags["dvc.stage"], tags["base"], tags["image_size"]) == (name, "none", "48")
-    # mixed_precision: auto, decided from this machine's CPU flags; no XLA on a CPU
+    # mixed_precision: auto, decided from this machine's CPU flags; no XLA on a CPU, but JAX
+    # compiles every step
     assert (tags["precision"], tags["precision_reason"]) == choose("auto", 0, this_cpu_flags())
-    assert (tags["jit_compile"], tags["replicas"]) == ("false", "1")
+    jit = "true" if trained.backend == "jax" else "false"
+    assert (tags["backend"], tags["jit_compile"], tags["replicas"]) == (trained.backend, jit, "1")
+    assert run.data.params["train.runtime.backend"] == trained.backend
     logged = trained.client.search_logged_models(
         [experiment_id(trained.client)], f"source_run_id = '{run.info.run_id}'"
     )
@@ -204,6 +246,7 @@ def test_the_logged_model_takes_photos(trained, tmp_path):
 
 
 def test_report_crowns_the_best_on_validation_and_logs_a_run(trained):
+    tensorflow_only(trained)
     from pipeline.reporting.report import report
     from pipeline.tracking.registry import CHAMPION
 
@@ -225,6 +268,7 @@ def test_report_crowns_the_best_on_validation_and_logs_a_run(trained):
 
 
 def test_registry_picks_validation_over_test_and_keeps_versions(trained):
+    tensorflow_only(trained)
     from pipeline.tracking.registry import CHAMPION, crown_champion
 
     name = "champion-on-validation"

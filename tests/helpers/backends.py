@@ -37,10 +37,10 @@ def backend_env(backend: str, folder: Path, block_tensorflow: bool = True, **ext
     return {**env, **extra}
 
 
-def run_child(code: str, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -c code` in ROOT with `env`; a failure shows the child's last output."""
+def run_child(code: str, env: dict, timeout: int = 300, args=()) -> subprocess.CompletedProcess:
+    """`python -c code args...` in ROOT with `env`; a failure shows the child's last output."""
     done = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
