@@ -8,7 +8,8 @@ fresh input and swaps the base for a copy of itself that also returns the inner 
 wanted. The same layers (and weights) are reused; only a layer whose activation is dropped
 is copied: the last Dense, so Grad-CAM differentiates the logit (which does not saturate),
 and for filter patterns a conv's pre-activation (a ReLU silent on the start image has no
-gradient).
+gradient). `head_model` is the part after a tapped layer, from its tensor to the logit: the
+other half of a model cut there.
 """
 
 from __future__ import annotations
@@ -135,6 +136,24 @@ def rebuild(
     if missing:
         raise ValueError(f"{model.name} has no layer {', '.join(missing)}")
     return keras.Model(inputs, [tapped[name] for name in taps] + ([x] if logit else []))
+
+
+def head_model(model: keras.Model, layer_name: str) -> keras.Model:
+    """The tensor of the conv-base layer `layer_name` (as `rebuild` taps it) -> the logit:
+    what runs after that layer, in the conv base and after it, the last Dense without its
+    sigmoid. Grad-CAM differentiates it with respect to its input on JAX."""
+    chain, owner = layer_chain(model), conv_owner(model)
+    maps = owner.get_layer(layer_name).output
+    inputs = keras.Input(maps.shape[1:], dtype=maps.dtype, name="maps")
+    if owner is model:
+        rest = chain[[layer.name for layer in chain].index(layer_name) + 1 :]
+        x = inputs
+    else:  # the rest of the nested base first, unless the maps are its output
+        rest = chain[next(i for i, layer in enumerate(chain) if layer is owner) + 1 :]
+        x = inputs if maps is owner.output else keras.Model(maps, owner.output)(inputs)
+    for layer in rest[:-1]:
+        x = layer(x)
+    return keras.Model(inputs, _without_activation(rest[-1], x), name=f"{model.name}_head")
 
 
 def _owns(model: keras.Model, name: str) -> bool:

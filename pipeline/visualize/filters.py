@@ -5,16 +5,18 @@ Starting from a grey image with a little noise, each step moves the pixels along
 gradient of the filter's mean activation, normalised to unit RMS so that the step size is
 in pixels (the book's `grads /= sqrt(mean(square(grads))) + 1e-5`, without the epsilon). The filters of one
 layer climb together, one image each, in one batch: image i's loss is filter i's
-activation, and no image's loss depends on another's pixels.
+activation, and no image's loss depends on another's pixels. The gradients are taken on
+the Keras backend in use (gradients.py).
 """
 
 from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from pipeline.visualize.anatomy import rebuild
+from pipeline.visualize.gradients import gradient_step
 
 
 def layer_model(model: keras.Model, layer: str, image_size: int) -> keras.Model:
@@ -24,20 +26,20 @@ def layer_model(model: keras.Model, layer: str, image_size: int) -> keras.Model:
     return keras.Model(tapped.inputs, tapped.outputs[0])
 
 
-def _filter_means(activation: tf.Tensor, count: int) -> tf.Tensor:
+def _filter_means(activation, count: int):
     """Mean activation of filter i in image i; border pixels left out where the map is
     large enough, as keras.io does (they only see padding)."""
-    activation = tf.cast(activation, tf.float32)
+    activation = ops.cast(activation, "float32")
     if activation.shape[1] > 8:
         activation = activation[:, 2:-2, 2:-2, :]
-    means = tf.reduce_mean(activation[..., :count], axis=(1, 2))  # (images, filters)
-    return tf.linalg.diag_part(means)
+    means = ops.mean(activation[..., :count], axis=(1, 2))  # (images, filters)
+    return ops.diagonal(means)
 
 
 def mean_activations(extractor: keras.Model, images: np.ndarray) -> np.ndarray:
     """Mean activation of filter i in image i, for each image i."""
-    activation = extractor(tf.convert_to_tensor(images, tf.float32), training=False)
-    return _filter_means(activation, len(images)).numpy()
+    activation = extractor(ops.convert_to_tensor(images, "float32"), training=False)
+    return ops.convert_to_numpy(_filter_means(activation, len(images)))
 
 
 def starting_images(extractor: keras.Model, count: int, seed: int) -> np.ndarray:
@@ -52,22 +54,21 @@ def ascend(
 ) -> np.ndarray:
     """Pixels (float, unclipped) that maximise filters 0..count-1 of the extractor's layer."""
     count = min(count, extractor.output.shape[-1])
-    images = tf.constant(starting_images(extractor, count, seed))
 
-    @tf.function
-    def step(images):
-        with tf.GradientTape() as tape:
-            tape.watch(images)
-            loss = tf.reduce_sum(_filter_means(extractor(images, training=False), count))
-        grads = tape.gradient(loss, images)
-        rms = tf.sqrt(tf.reduce_mean(tf.square(grads), axis=(1, 2, 3), keepdims=True))
+    def climb(images, _, grads):
+        rms = ops.sqrt(ops.mean(ops.square(grads), axis=(1, 2, 3), keepdims=True))
         # Not the book's `rms + 1e-5`: behind x / 255 and a mean over the map, gradients
         # are ~1e-8 and that epsilon would shrink every step to nothing.
-        return images + step_size * tf.math.divide_no_nan(grads, rms)
+        return images + step_size * ops.divide_no_nan(grads, rms)
 
+    def objective(activation):
+        return ops.sum(_filter_means(activation, count)), None
+
+    step = gradient_step(extractor, objective, climb)
+    images = ops.convert_to_tensor(starting_images(extractor, count, seed))
     for _ in range(steps):
         images = step(images)
-    return images.numpy()
+    return ops.convert_to_numpy(images)
 
 
 def to_picture(pixels: np.ndarray) -> np.ndarray:
