@@ -1,7 +1,8 @@
 """The machine a figure was measured on: CPU model, bfloat16 units, measured matmul limits.
 
 Seconds mean little across machines (shared 2-core machines differ by 2x from day to day);
-the matmul limit measured beside them says how fast this one was.
+the matmul limit measured beside them says how fast this one was, for the kernels of the
+Keras backend in use (TensorFlow's and XLA's CPU matmuls differ).
 """
 
 from __future__ import annotations
@@ -17,23 +18,28 @@ MATMUL_ROUNDS = 5
 
 
 def matmul_gflops(dtype: str, side: int = MATMUL_SIDE) -> float:
-    """The best of a few square matmuls in `dtype` on this CPU, in GFLOP/s."""
+    """The best of a few square matmuls in `dtype` on this CPU, in GFLOP/s, by
+    keras.ops.matmul on the Keras backend in use: the kernels its training runs (NumPy has
+    no bfloat16 matmul kernel, so it would not measure the same thing)."""
+    import keras
     import numpy as np
-    import tensorflow as tf
 
-    with tf.device("/CPU:0"):
-        a = tf.constant(np.random.default_rng(0).random((side,) * 2), dtype=dtype)
-        tf.linalg.matmul(a, a).numpy()  # warm-up: thread pools, kernel choice
+    with keras.device("cpu:0"):
+        a = keras.ops.convert_to_tensor(np.random.default_rng(0).random((side,) * 2), dtype)
+        keras.ops.convert_to_numpy(keras.ops.matmul(a, a))  # warm-up: thread pools, kernels
         best = float("inf")
         for _ in range(MATMUL_ROUNDS):
             started = time.perf_counter()
-            tf.linalg.matmul(a, a).numpy()
+            keras.ops.convert_to_numpy(keras.ops.matmul(a, a))  # waits for the result
             best = min(best, time.perf_counter() - started)
     return 2 * side**3 / best / 1e9
 
 
 def describe(side: int = MATMUL_SIDE) -> dict:
-    """CPU model, cores, bfloat16 units and the float32 / bfloat16 matmul limits."""
+    """CPU model, cores, bfloat16 units and the float32 / bfloat16 matmul limits, with the
+    Keras backend that measured them."""
+    import keras
+
     cpu = precision.this_cpu()
     return {
         "cpu_model": cpu["cpu.model"],
@@ -43,4 +49,5 @@ def describe(side: int = MATMUL_SIDE) -> dict:
         "load_average": round(os.getloadavg()[0], 1),  # other work shares the limits above
         "matmul_gflops_float32": round(matmul_gflops("float32", side)),
         "matmul_gflops_bfloat16": round(matmul_gflops("bfloat16", side)),
+        "matmul_backend": keras.backend.backend(),
     }
