@@ -143,3 +143,68 @@ def learn_and_resume(out: Path) -> None:
         "tensorflow_loaded": "tensorflow" in sys.modules,
     }
     out.write_text(json.dumps(record))
+
+
+def cross_backend_inputs() -> np.ndarray:
+    return synthetic(8, 5)[0].astype(np.float32)
+
+
+def augmented_convnet(seed: int = 3):
+    """The augmented convnet (BookAugmentation and dropout: the layers a file must carry)."""
+    import keras
+
+    from pipeline.core.params import AugmentationParams
+    from pipeline.models.augment import augmentation
+    from pipeline.models.scratch import build_convnet
+
+    keras.utils.set_random_seed(seed)
+    layer = augmentation(AugmentationParams(), seed)
+    return build_convnet(48, 0.5, layer, "augmented")
+
+
+def load_and_save(out: Path) -> None:
+    """Predict with the model file another backend saved (other.keras), and save one made
+    here (here.keras) with its predictions: what the test compares across backends."""
+    import keras
+
+    from pipeline.models.model_io import load_keras, save_keras
+
+    x = cross_backend_inputs()
+    other = load_keras(out.parent / "other.keras")
+    model = augmented_convnet()
+    save_keras(model, out.parent / "here.keras")
+    record = {
+        "backend": keras.backend.backend(),
+        "other": np.asarray(other.predict(x, verbose=0)).tolist(),
+        "here": np.asarray(model.predict(x, verbose=0)).tolist(),
+        "tensorflow_loaded": "tensorflow" in sys.modules,
+    }
+    out.write_text(json.dumps(record))
+
+
+def data_parallel(out: Path) -> None:
+    """The tiny baseline trained on one CPU device, then with Keras' DataParallel over two
+    (XLA's host devices: the child starts with them), from the same seed and batches."""
+    import keras
+
+    from pipeline.data.dataset import make_dataset
+    from pipeline.training import runtime
+
+    (x, y), (xv, yv) = synthetic(60, 1), synthetic(20, 2)
+    record = {"devices": len(keras.distribution.list_devices("cpu"))}
+    for strategy in ("default", "mirrored"):
+        model, setup = _baseline(strategy=strategy)
+        history = model.fit(
+            make_dataset(x, y, 10, training=True, seed=42),
+            validation_data=make_dataset(xv, yv, 10),
+            epochs=4,
+            shuffle=False,
+            verbose=0,
+        )
+        record[strategy] = {
+            "tags": runtime.describe(setup),
+            "val_accuracy": history.history["val_accuracy"],
+            "loss": history.history["loss"],
+            "predictions": np.asarray(model.predict(xv, verbose=0)).ravel().tolist(),
+        }
+    out.write_text(json.dumps(record))
