@@ -78,3 +78,106 @@ def test_data_parallel_on_two_cpu_devices_learns_as_one_device(tmp_path):
     assert two["val_accuracy"][-1] >= 0.85  # chance is 0.5
     assert two["loss"] == pytest.approx(one["loss"], rel=DATA_PARALLEL_REL)
     assert two["predictions"] == pytest.approx(one["predictions"], abs=DATA_PARALLEL_ABS)
+
+
+def params_with(tmp_path, runtime: dict):
+    import yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"train": {"runtime": runtime}}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "shell, param, said",
+    [
+        (None, "jax", ""),
+        ("jax", "jax", ""),
+        ("torch", "jax", "KERAS_BACKEND=torch in the environment; using "),
+        ("jax", None, "KERAS_BACKEND=jax in the environment; using "),  # the param's default
+    ],
+)
+def test_the_param_chooses_the_backend_over_the_environment(tmp_path, capsys, shell, param, said):
+    from pipeline.training import backend
+
+    environ = {} if shell is None else {"KERAS_BACKEND": shell}
+    path = params_with(tmp_path, {} if param is None else {"backend": param})
+    assert backend.choose(path, environ) == (param or "tensorflow")
+    assert environ["KERAS_BACKEND"] == (param or "tensorflow")
+    err = capsys.readouterr().err
+    assert err.startswith(said) and err.count("\n") == (1 if said else 0)
+    assert "XLA_FLAGS" not in environ
+
+
+def test_without_params_the_environment_decides_and_jax_gets_its_xla_flags(tmp_path):
+    from pipeline.training import backend
+
+    environ = {"KERAS_BACKEND": "torch"}
+    assert backend.choose(tmp_path / "missing.yaml", environ) is None
+    assert environ == {"KERAS_BACKEND": "torch"}
+    environ = {"PIPELINE_LOGICAL_CPUS": "2", "XLA_FLAGS": "--xla_dump_to=/tmp/x"}
+    path = params_with(tmp_path, {"backend": "jax", "deterministic": True})
+    backend.choose(path, environ)
+    assert environ["XLA_FLAGS"].split() == [
+        "--xla_dump_to=/tmp/x",
+        "--xla_force_host_platform_device_count=2",
+        "--xla_gpu_deterministic_ops=true",
+    ]
+    environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"  # the user's stays
+    backend.choose(path, {**environ, "PIPELINE_LOGICAL_CPUS": "2"})
+    assert environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
+
+
+def test_a_process_on_another_backend_than_its_param_is_one_clear_error():
+    from pipeline.core.errors import PipelineError
+    from pipeline.core.params import RuntimeParams
+    from pipeline.training import runtime
+
+    with pytest.raises(PipelineError, match="train.runtime.backend is jax, but Keras runs on "):
+        runtime.setup(RuntimeParams(backend="jax"), 42)
+
+
+def test_array_batches_shuffle_by_pass_and_stream_across_passes():
+    """ArrayBatches (the loader off TensorFlow), read as Keras reads it: each row once a pass,
+    reshuffled each pass by the seed; repeated, one stream batched across the passes' joins;
+    uint8 cast to float32 per batch, other dtypes kept; images alone where labels are None."""
+    from pipeline.data.dataset import ArrayBatches
+
+    pixels = np.random.default_rng(0).integers(0, 256, (25, 4, 4, 3), dtype=np.uint8)
+    labels = np.arange(25)  # each row's label is its index
+    data = ArrayBatches(pixels, labels, 10, training=True, seed=3)
+    assert data.num_batches == 3
+
+    def one_pass(data):
+        data.on_epoch_begin()
+        batches = [data[i] for i in range(data.num_batches)]
+        return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
+
+    x, y = one_pass(data)
+    rows = y.ravel().astype(int)
+    assert sorted(rows) == list(range(25)) and x.dtype == np.float32
+    assert np.array_equal(x, pixels[rows].astype(np.float32))
+    assert not np.array_equal(one_pass(data)[1], y)  # the next pass: another order
+    again = ArrayBatches(pixels, labels, 10, training=True, seed=3)
+    assert np.array_equal(one_pass(again)[1], y)  # the seed's
+    stream = ArrayBatches(pixels, labels, 10, training=True, seed=3, repeat=True)
+    assert stream.num_batches is None
+    joined = np.concatenate([stream.order(p) for p in range(4)])
+    assert np.array_equal(np.concatenate([stream.rows(i) for i in range(10)]), joined)
+    assert np.array_equal(stream.advanced(2, 3).rows(0), joined[60:70])  # batch 6 of the stream
+    features = pixels.reshape(25, -1).astype(np.float16)
+    (x,) = ArrayBatches(features, None, 10, transform=lambda x: x * 2)[2]
+    assert x.dtype == np.float16 and np.array_equal(x, features[20:] * 2)
+
+
+def test_a_jax_process_also_exits_without_the_teardown():
+    """cli._exit skips the interpreter's teardown after JAX too (it frees only C++ state)."""
+    from tests.test_cli_exit import CHILD, child
+
+    code = CHILD.replace('sys.modules["tensorflow"]', 'sys.modules["jax"]')
+    assert code != CHILD
+    from unittest import mock
+
+    with mock.patch("tests.test_cli_exit.CHILD", code):
+        done = child("3")
+    assert (done.returncode, done.stdout) == (3, "outputexit hook\n")
