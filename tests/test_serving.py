@@ -31,6 +31,7 @@ from tests.helpers.servers import wait_until_up
 from tests.helpers.synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image
 from tests.helpers.tiny_model import save_tiny_keras
 from tests.helpers.tracking import client_of, experiment_id, store_uri, tracked_runs
+from tests.helpers.visual_backends import jax_without_tensorflow
 
 NAME = "dogs-vs-cats"
 MODELS = ["baseline", "augmented"] + [
@@ -310,6 +311,69 @@ def test_the_served_model_refuses_a_photo_over_the_limit_and_serves_on(served_py
     huge_jpeg = encoded(photo((2400, 2400)), "JPEG")  # decoded at 1/8 for 32 px: 300 x 300
     answer = served_pyfunc.predict(pd.DataFrame({"image": [huge_jpeg]}))
     assert answer["label"].iloc[0] in ("cat", "dog") and 0 <= answer["p_dog"].iloc[0] <= 1
+
+
+# Saves a tiny model on JAX and logs it as train.write_and_log does; prints the model id.
+LOG_ON_JAX = """
+import sys, types
+from pathlib import Path
+import mlflow
+from pipeline.serving.logged_model import log_model
+from tests.helpers.tiny_model import save_tiny_keras
+model_file = save_tiny_keras(Path(sys.argv[1]))
+kind = types.SimpleNamespace(task="dogs-vs-cats", classes=("cat", "dog"))
+job = types.SimpleNamespace(
+    model=types.SimpleNamespace(kind=kind, image_size=32), split_sha256=None,
+    pixels_model=None, stage="train@baseline", name="baseline",
+)
+with mlflow.start_run():
+    print("MODEL_ID", log_model(job, model_file))
+"""
+# Loads a logged model in a process that chose no Keras backend; prints what it saw as JSON.
+LOAD_AND_PREDICT = """
+import json, sys
+import mlflow, numpy as np, pandas as pd
+uri = sys.argv[1]
+frame = pd.DataFrame({"pixels": list(np.load(sys.argv[2]))})
+answer = mlflow.pyfunc.load_model(uri).predict(frame)
+import keras
+requirements = open(mlflow.pyfunc.get_model_dependencies(uri)).read().split()
+print(json.dumps({
+    "backend": keras.backend.backend(), "tensorflow": "tensorflow" in sys.modules,
+    "p_dog": answer["p_dog"].tolist(), "requirements": requirements,
+}))
+"""
+
+
+def test_a_model_logged_on_jax_loads_and_predicts_where_tensorflow_is_not(tmp_path):
+    pytest.importorskip("jax")
+    from pipeline.models.model_io import load_keras
+    from pipeline.serving.inference import classify
+
+    env = jax_without_tensorflow(tmp_path / "blocked")
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["KERAS_HOME"] = str(tmp_path / "keras_home")  # no keras.json naming a backend
+    logged = _python(LOG_ON_JAX, [str(tmp_path / "tiny.keras")], tmp_path, env)
+    model_id = logged.split("MODEL_ID ")[-1].strip()
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "pixels.npy", pixels)
+    env["KERAS_BACKEND"] = ""  # chosen by the model's config, not by this process
+    loaded = _python(LOAD_AND_PREDICT, [f"models:/{model_id}", "pixels.npy"], tmp_path, env)
+    seen = json.loads(loaded.strip().splitlines()[-1])
+
+    assert seen["backend"] == "jax" and not seen["tensorflow"]
+    names = {line.split("==")[0] for line in seen["requirements"] if "==" in line}
+    assert {"jax", "jaxlib", "keras", "mlflow"} <= names
+    assert not names & {"tensorflow", "tensorflow-cpu"}
+    on_tensorflow = classify(load_keras(tmp_path / "tiny.keras"), pixels)["p_dog"]
+    np.testing.assert_allclose(seen["p_dog"], on_tensorflow, atol=1e-6)
+
+
+def _python(code: str, args: list[str], cwd: Path, env: dict) -> str:
+    command = [sys.executable, "-c", code, *args]
+    result = subprocess.run(command, cwd=cwd, env=command_env(env), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
 
 
 @pytest.mark.slow

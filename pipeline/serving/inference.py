@@ -11,12 +11,15 @@ and resized as the prepare stage does it, after applying their EXIF orientation
 (pipeline/data/images.py); the Keras model carries the rest of its preprocessing.
 
 The Keras model needs the pipeline's custom layers: the MLflow Model holds the `pipeline`
-package as its code (code_paths), so a fresh process loads it without any import by hand.
+package as its code (code_paths), so a fresh process loads it without any import by hand,
+on the Keras backend it was logged on unless KERAS_BACKEND says otherwise.
 Input that is not an image is an MlflowException with INVALID_PARAMETER_VALUE: HTTP 400
 from the scoring server, with the row and the reason, and the server keeps serving.
 """
 
 from __future__ import annotations
+
+import os
 
 import mlflow
 import numpy as np
@@ -31,6 +34,7 @@ from pipeline.data import CLASSES
 from pipeline.data.images import ImageTooLarge, UnreadableImage, decode, square_pixels
 
 KERAS_ARTIFACT = "keras_model"
+KERAS_BACKEND = "keras_backend"  # the model config's key: the backend it was logged on
 IMAGE, PIXELS = "image", "pixels"
 BATCH = 32
 P_DOG, PROBABILITY = "p_dog", "probability"  # the score column: binary, or 10 classes
@@ -48,6 +52,12 @@ def signature(classes: int = 2) -> ModelSignature:
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
+        # Before Keras loads: a process that chose no backend gets the one the model was
+        # logged on (where that is JAX, TensorFlow may not be installed). A chosen one, or
+        # a Keras already loaded, stays: a .keras file loads on either.
+        logged_on = (context.model_config or {}).get(KERAS_BACKEND)
+        if logged_on and not os.environ.get("KERAS_BACKEND"):  # empty is unset, as for Keras
+            os.environ["KERAS_BACKEND"] = logged_on
         self.model = load_keras(context.artifacts[KERAS_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

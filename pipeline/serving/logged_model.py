@@ -7,7 +7,10 @@ What the run gains, beside the `.keras` file that stays a DVC output:
 - the split manifest as the run's input dataset (the Dataset column): name `split`, digest
   = the split hash of the run's tags, source = data/split.csv, its DVC path;
 - the test and validation scores linked to the logged model (MLflow 3's log_model links
-  the run's step-0 metrics, which write_and_log has just logged).
+  the run's step-0 metrics, which write_and_log has just logged);
+- the Keras backend it was logged on (model config `keras_backend`): the pyfunc loads on it
+  where its process chose none, and requires that backend's packages (jax and jaxlib, or
+  tensorflow), not the other's.
 The report stage registers these models and picks the champion (pipeline/tracking/registry.py); it
 finds each one by the hash of its `.keras` file (tag `model_sha256`).
 """
@@ -30,14 +33,16 @@ from pipeline.serving import inference
 from pipeline.tracking.registry import MODEL_HASH_TAG
 
 LOGGED_MODEL = "classifier"
-# What the pyfunc imports (the pipeline package travels with the model as its code).
-REQUIREMENTS = ("mlflow", "tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pillow")
-REQUIREMENTS += ("pydantic", "pyyaml")
+# What the pyfunc imports (the pipeline package travels with the model as its code), beside
+# the packages of the Keras backend the model was logged on.
+REQUIREMENTS = ("mlflow", "keras", "numpy", "pandas", "pillow", "pydantic", "pyyaml")
+BACKEND_REQUIREMENTS = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax", "jaxlib")}
 
 
 def log_model(job, model_file: Path) -> str:
     """Log `model_file` (job's DVC output) as an MLflow Model on the active run, with the
     run's input dataset; return the model id."""
+    import keras
     import mlflow
 
     # A stage run by hand where only data/prepared was pulled has no manifest: no dataset then.
@@ -57,7 +62,8 @@ def log_model(job, model_file: Path) -> str:
             code_paths=[str(Path(inference.__file__).parents[1])],  # the whole package
             signature=inference.signature(len(classes)),
             input_example=pd.DataFrame({inference.IMAGE: [example]}),
-            pip_requirements=_pinned(REQUIREMENTS),
+            pip_requirements=requirements(keras.backend.backend()),
+            model_config={inference.KERAS_BACKEND: keras.backend.backend()},
             metadata={"image_size": image_size, "classes": list(classes)},
             tags={MODEL_HASH_TAG: sha256_of(model_file)[:16], "dvc.stage": job.stage},
         )
@@ -105,6 +111,11 @@ def _example_digit(job) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(job.data.test[0][0][..., 0]).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def requirements(backend: str) -> list[str]:
+    """The pyfunc's pinned requirements on the Keras backend `backend`."""
+    return _pinned((REQUIREMENTS[0], *BACKEND_REQUIREMENTS[backend], *REQUIREMENTS[1:]))
 
 
 def _pinned(names) -> list[str]:
