@@ -69,6 +69,21 @@ def tiny_project(root: Path, patch: dict | None = None, per_class: int = 50, siz
     return make_project(root / "project", TINY_PARAMS, data, patch or {})
 
 
+def prepared_in_process(project: Path, size: int) -> None:
+    """The data stages of `project` (download, split, prepare at `size` px) run in this
+    process, outside DVC: for a test of the training command alone, a second rather than
+    three stage processes. `dvc repro` still sees them as never run."""
+    from pipeline.data.download import download
+    from pipeline.data.prepare import prepare
+    from pipeline.data.split import split
+
+    with contextlib.chdir(project):
+        params = load_params()
+        download(params.data)
+        split(params.split)
+        prepare(size)
+
+
 @dataclass
 class TrainedProject:
     """A tiny project after its first `dvc repro`, and what that repro printed."""
