@@ -1,6 +1,6 @@
 """Scaling the pipeline out, with real processes: a shared MLflow tracking server, a DVC
-remote (push, clone, pull), a parallel experiment sweep through the DVC queue, and a stage
-whose output directory cannot be written.
+remote (push, clone, pull), and a stage whose output directory cannot be written. (The
+parallel sweep through the local DVC queue is tests/test_sweep.py's.)
 
 One tiny project (synthetic images, 2 epochs, VGG16 with random weights) whose data stages
 and `baseline` run once, in the module fixture; each test works on a copy of its own, so
@@ -9,8 +9,6 @@ none depends on another having run (or not run) before it.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 import subprocess
@@ -27,12 +25,9 @@ from tests.helpers.project import (
     tiny_project,
 )
 from tests.helpers.servers import MlflowServer
-from tests.helpers.tracking import client_of, experiment_id, tracked_runs
+from tests.helpers.tracking import experiment_id, tracked_runs
 
 pytestmark = pytest.mark.slow
-
-EXPERIMENT = "dogs-vs-cats"
-RATE = "0.001"  # the sweep's train.baseline.learning_rate; the project's own is 5e-4
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +47,6 @@ def reproduced(tmp_path_factory, mlflow_server):
     two_epochs = {"train": {model: {"epochs": 2} for model in models}}
     patch = {
         "split": {"train": 16, "validation": 6, "test": 6},
-        "train": {"baseline": {"learning_rate": 5e-4}},  # the sweep sets 1e-3
         **ONLY_VGG16,
     }
     project = tiny_project(root, merge_patch(two_epochs, patch), per_class=30, size=48)
@@ -225,61 +219,3 @@ def test_unwritable_models_dir_fails_the_stage_cleanly(project):
         == "Data and pipelines are up to date."
     )
     assert local_runs(project)[-1].info.status == "FINISHED"
-
-
-def test_sweep_on_local_runs_the_dvc_queue_in_parallel_then_skips_what_is_done(project):
-    """`python -m pipeline sweep` (--on local, the default): one queued DVC experiment per
-    seed (`dvc exp run --queue`, `dvc queue start -j 2`), its -S override in each, into the
-    user's one MLflow store; the compare table of their runs; run again, it runs nothing."""
-
-    commit(project, "before the sweep")
-    before = {r.info.run_id for r in local_runs(project)}
-    argv = [
-        "python", "-m", "pipeline", "sweep", "--model", "baseline", "--seeds", "1-2", "-j", "2",
-        "-S", f"train.baseline.learning_rate={RATE}",
-    ]  # fmt: skip
-    first = run(argv, project).stdout
-    assert "2 experiments, 0 already done (skipped), 2 to run on this machine, 2 at a time" in first
-    assert len(re.findall(r"^done    \S+ \(baseline, seed [12]\)", first, re.M)) == 2, first
-    assert "2 ran, 0 failed, 0 skipped" in first
-
-    runs = [r for r in local_runs(project) if r.info.run_id not in before]
-    new = [r for r in runs if r.info.run_name == "baseline"]  # and compare's own run
-    assert sorted((r.data.params["train.seed"], r.info.status) for r in new) == [
-        ("1", "FINISHED"),
-        ("2", "FINISHED"),
-    ]
-    assert {r.data.params["train.baseline.learning_rate"] for r in new} == {RATE}
-    first_run, second_run = new  # -j 2: the two trainings overlapped in time
-    assert (
-        first_run.info.start_time < second_run.info.end_time
-        and second_run.info.start_time < first_run.info.end_time
-    )
-    # In the user's store (its experiment's artifact location; in a copy of the project,
-    # the original's folder), not in the queue's temporary copies of the workspace.
-    location = client_of(project).get_experiment_by_name(EXPERIMENT).artifact_location
-    assert all(r.info.artifact_uri.startswith(location) for r in new)
-    assert not any(".dvc/tmp" in r.info.artifact_uri for r in new)
-    assert not list((project / ".dvc/tmp").rglob("mlflow.db"))  # not in the queue's copies
-
-    names = {r.data.tags["dvc.exp_name"] for r in new}
-    shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
-    rows = {
-        row["Experiment"]: row for row in csv.DictReader(io.StringIO(shown)) if row["Experiment"]
-    }
-    assert names <= set(rows), shown
-    for run_ in new:
-        row = rows[run_.data.tags["dvc.exp_name"]]
-        assert row["State"] == "Success"
-        assert (row["train.seed"], float(row["train.baseline.learning_rate"])) == (
-            run_.data.params["train.seed"],
-            float(RATE),
-        )
-        assert float(row["baseline.test_accuracy"]) == run_.data.metrics["test_accuracy"]
-    assert "\n| baseline | 2 | 1, 2 | " in first, first  # compare: n = 2, seeds 1 and 2
-
-    again = run(argv, project).stdout
-    assert "2 experiments, 2 already done (skipped), 0 to run" in again
-    assert sorted(re.findall(r"^skip    (\S+):", again, re.M)) == sorted(names)
-    trained = [r for r in local_runs(project) if r.info.run_name == "baseline"]
-    assert {r.info.run_id for r in trained} - before == {r.info.run_id for r in new}

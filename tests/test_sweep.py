@@ -11,7 +11,9 @@ sweep run again (it skips the finished one, reruns the killed one), then `dvc ex
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib.util
+import io
 import re
 import signal
 import socket
@@ -578,9 +580,13 @@ def test_sweep_on_a_real_ray_cluster_survives_a_killed_task(tmp_path, ray_head):
 
 @pytest.mark.slow
 def test_a_grid_sweep_on_the_local_queue_ranks_its_configurations_then_skips_them(tmp_path):
-    """2 learning rates x 2 seeds of a 1-epoch baseline through `dvc queue start -j 2`: 4
-    DVC experiments, 4 MLflow runs, a report with mean ± sd per configuration and a
-    beyond-the-noise column, logged to MLflow; run again, it trains nothing."""
+    """`python -m pipeline sweep` (--on local, the default) of 2 learning rates x 2 seeds of a
+    1-epoch baseline: one queued DVC experiment per cell (`dvc exp run --queue`, `dvc queue
+    start -j 2`), its -S overrides in each, trainings overlapping, into the user's one MLflow
+    store (not the queue's copies of the workspace); 4 DVC experiments, 4 MLflow runs, a
+    report with mean ± sd per configuration and a beyond-the-noise column, logged to MLflow;
+    run again, it trains nothing."""
+    from pipeline.tracking.store import EXPERIMENT
     from tests.helpers.project import tiny_project
     from tests.helpers.tracking import client_of, tracked_runs
 
@@ -605,9 +611,29 @@ def test_a_grid_sweep_on_the_local_queue_ranks_its_configurations_then_skips_the
         (r.data.params["train.baseline.learning_rate"], r.data.params["train.seed"], r.info.status)
         for r in trained
     ) == [(rate, seed, "FINISHED") for rate in ("0.001", "0.002") for seed in ("1", "2")]
+    # -j 2: two trainings at a time, so some two overlapped in time
+    assert any(
+        a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time
+        for i, a in enumerate(trained)
+        for b in trained[i + 1 :]
+    )
+    # in the user's store (its experiment's artifact location), not the queue's copies
+    location = client_of(project).get_experiment_by_name(EXPERIMENT).artifact_location
+    assert all(r.info.artifact_uri.startswith(location) for r in trained)
+    assert not any(".dvc/tmp" in r.info.artifact_uri for r in trained)
+    assert not list((project / ".dvc/tmp").rglob("mlflow.db"))
     names = {r.data.tags["dvc.exp_name"] for r in trained}
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], project).stdout
-    assert len(names) == 4 and all(n in shown for n in names), shown
+    rows = {row["Experiment"]: row for row in csv.DictReader(io.StringIO(shown))}
+    assert len(names) == 4 and names <= set(rows), shown
+    for trained_run in trained:  # each experiment holds its own cell's params and scores
+        row = rows[trained_run.data.tags["dvc.exp_name"]]
+        assert row["State"] == "Success"
+        assert (row["train.seed"], float(row["train.baseline.learning_rate"])) == (
+            trained_run.data.params["train.seed"],
+            float(trained_run.data.params["train.baseline.learning_rate"]),
+        )
+        assert float(row["baseline.test_accuracy"]) == trained_run.data.metrics["test_accuracy"]
 
     text = (project / f"reports/{name}.md").read_text()
     assert "| beyond the noise |" in text
