@@ -1,0 +1,1 @@
+"""The dogs-vs-cats pipeline: `python -m pipeline STAGE`, one command per DVC stage."""
