@@ -330,7 +330,7 @@ with mlflow.start_run():
     print("MODEL_ID", log_model(job, model_file))
 """
 # Loads a logged model in a process that chose no Keras backend; prints what it saw as JSON.
-LOAD_AND_PREDICT = """
+LOAD_UNCHOSEN = """
 import json, sys
 import mlflow, numpy as np, pandas as pd
 uri = sys.argv[1]
@@ -358,7 +358,7 @@ def test_a_model_logged_on_jax_loads_and_predicts_where_tensorflow_is_not(tmp_pa
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     np.save(tmp_path / "pixels.npy", pixels)
     env["KERAS_BACKEND"] = ""  # chosen by the model's config, not by this process
-    loaded = _python(LOAD_AND_PREDICT, [f"models:/{model_id}", "pixels.npy"], tmp_path, env)
+    loaded = _python(LOAD_UNCHOSEN, [f"models:/{model_id}", "pixels.npy"], tmp_path, env)
     seen = json.loads(loaded.strip().splitlines()[-1])
 
     assert seen["backend"] == "jax" and not seen["tensorflow"]
