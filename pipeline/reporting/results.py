@@ -263,7 +263,7 @@ def markdown(doc: dict) -> str:
         "",
         f"Generated {doc['generated']} by `{doc['command']}` from the MLflow runs. Machine: "
         f"{m['cpu_model']}, {m['cores']} cores, bfloat16 units: {m['bf16_units']}; measured "
-        f"matmul limits {m['matmul_gflops_float32']} GFLOP/s float32, "
+        f"matmul limits ({m.get('matmul_backend', 'tensorflow')}) {m['matmul_gflops_float32']} GFLOP/s float32, "
         f"{m['matmul_gflops_bfloat16']} bfloat16 (load average {m['load_average']} while measured).",
         "",
         "## Dogs vs. cats: the book's progression",
