@@ -65,6 +65,33 @@ def test_a_copied_project_writes_its_own_artifacts(tmp_path):
     assert client_of(original).get_run(first).info.artifact_uri.startswith(original.as_uri())
 
 
+READ_ARTIFACT = """
+import sys
+import mlflow
+from pipeline.tracking import store
+
+uri = store.tracking_uri()
+store.adopt_if_copied(uri)
+print(mlflow.MlflowClient(uri).download_artifacts(sys.argv[1], "note.txt", sys.argv[2]))
+"""
+
+
+def test_a_copy_whose_original_is_gone_reads_its_own_artifacts_before_any_stage_logs(tmp_path):
+    """What predict does before it loads a model: a read-only command in a copied project."""
+    original, copy = tmp_path / "a", tmp_path / "b"
+    original.mkdir()
+    first = _log_run(original)
+    shutil.copytree(original, copy, symlinks=True)
+    shutil.rmtree(original)
+
+    env = {"MLFLOW_TRACKING_URI": ""}
+    argv = [sys.executable, "-c", READ_ARTIFACT, first, str(tmp_path / "out")]
+    downloaded = run(argv, copy, env=env).stdout.split()[-1]
+
+    assert Path(downloaded).read_text() == "hello"
+    assert client_of(copy).get_run(first).info.artifact_uri.startswith(copy.as_uri())
+
+
 def _make_read_only(path: Path):
     """Make `path` unwritable for this user, as sqlite sees it; an undo, or None if it cannot
     be done here (root ignores chmod: it takes chattr +i, which needs CAP_LINUX_IMMUTABLE)."""

@@ -160,6 +160,7 @@ def _load_registered(uri: str):
     if store.missing_store_file(store_uri):  # say so, rather than create an empty store
         raise PipelineError(f"{missing}; run `dvc repro` to train and register the models")
     mlflow.set_tracking_uri(store_uri)
+    store.adopt_if_copied(store_uri)
     try:
         return mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:

@@ -91,6 +91,21 @@ def connect() -> str:
     return uri
 
 
+def adopt_if_copied(uri: str) -> None:
+    """For a command that only reads the store (predict): a copied project's own store is
+    taken over as a logging stage would, so its models load from the copy's files. A store
+    it cannot write stays as it is (reads go to the original's paths, where those exist)."""
+    import mlflow
+    import sqlalchemy as sa
+
+    if uri != own_store_uri():
+        return
+    experiment = mlflow.MlflowClient(uri).get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        with contextlib.suppress(sa.exc.OperationalError):
+            adopt_copied_store(uri, experiment.artifact_location)
+
+
 def own_store_uri() -> str:
     """The project's own store, where MLFLOW_TRACKING_URI is not set."""
     return f"sqlite:///{project_root() / 'mlflow.db'}"
