@@ -24,7 +24,7 @@ from tests.helpers.tracking import client_of, tracked_runs
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 12
+EPOCHS = 4  # three epochs of 40 steps after the first backup: time to signal the trainer
 
 
 @pytest.fixture(scope="module")
