@@ -109,6 +109,25 @@ def test_the_param_chooses_the_backend_over_the_environment(tmp_path, capsys, sh
     assert "XLA_FLAGS" not in environ
 
 
+def test_a_backend_that_is_not_installed_is_one_line(tmp_path, monkeypatch):
+    import importlib.util
+
+    from pipeline.training import backend
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "tensorflow" else found(name)
+    )
+    environ = {}
+    with pytest.raises(SystemExit) as exc:
+        backend.choose(params_with(tmp_path, {}), environ)
+    assert str(exc.value) == (
+        "error: params.yaml: train.runtime.backend is tensorflow, which is not installed here; "
+        "set it to jax, or install tensorflow (uv sync --locked)"
+    )
+    assert environ == {}
+
+
 def test_without_params_the_environment_decides_and_jax_gets_its_xla_flags(tmp_path):
     from pipeline.training import backend
 

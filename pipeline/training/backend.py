@@ -14,6 +14,7 @@ deterministic GPU kernels (`--xla_gpu_deterministic_ops`). Nothing here imports 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ import yaml
 from pipeline.core.paths import PARAMS_FILE
 
 BACKENDS = ("tensorflow", "jax")
+INSTALLS = {"tensorflow": "uv sync --locked", "jax": "uv sync --locked --group jax"}
 DEFAULT = "tensorflow"  # RuntimeParams.backend's default
 
 
@@ -46,6 +48,12 @@ def choose(params_file: Path = PARAMS_FILE, environ=os.environ) -> str | None:
     backend, deterministic = configured(params_file)
     if backend is None:
         return None
+    if importlib.util.find_spec(backend) is None:  # else Keras' own traceback, at its import
+        other = next(b for b in BACKENDS if b != backend)
+        raise SystemExit(
+            f"error: {params_file.name}: train.runtime.backend is {backend}, which is not "
+            f"installed here; set it to {other}, or install {backend} ({INSTALLS[backend]})"
+        )
     before = environ.get("KERAS_BACKEND", "")
     if before and before != backend:
         print(
