@@ -159,7 +159,7 @@ FITS = {
 
 @pytest.fixture(scope="module")
 def deterministic_project(tmp_path_factory):
-    from tests.helpers.project import run, tiny_project
+    from tests.helpers.project import prepared_in_process, tiny_project
 
     patch = {
         "prepare": {"image_sizes": [48]},
@@ -167,7 +167,7 @@ def deterministic_project(tmp_path_factory):
         "pretrained": {"bases": {"vgg16": {"image_size": 48}, "efficientnet_lite0": None}},
     }
     project = tiny_project(tmp_path_factory.mktemp("resume"), patch)
-    run(["dvc", "repro", "prepare@48"], project)
+    prepared_in_process(project, 48)  # the data stages, outside DVC
     return project
 
 
@@ -228,7 +228,8 @@ def test_a_hand_run_training_beside_dvc_repro_refuses_and_leaves_it_alone(determ
     from tests.helpers.project import ran_stages, start_repro
 
     project = deterministic_project
-    dvc = start_repro(project, "baseline")
+    # --single-item: the data stages ran outside DVC (deterministic_project)
+    dvc = start_repro(project, "baseline", options=("--single-item",))
     deadline = time.monotonic() + 300
     while backed_up_epoch(project, "baseline") < 1:
         assert dvc.poll() is None and time.monotonic() < deadline, dvc.stdout.read()

@@ -123,10 +123,12 @@ def backed_up_epoch(project: Path, name: str) -> int:
     return 0
 
 
-def start_repro(project: Path, stage: str, env: dict | None = None) -> subprocess.Popen:
-    """`dvc repro STAGE` in the background, its output in one text pipe."""
+def start_repro(
+    project: Path, stage: str, env: dict | None = None, options: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """`dvc repro [OPTIONS] STAGE` in the background, its output in one text pipe."""
     return subprocess.Popen(
-        ["dvc", "repro", stage],
+        ["dvc", "repro", *options, stage],
         cwd=project,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
