@@ -9,17 +9,15 @@ DVC's run cache and name `dvc checkout STAGE` in their error line.
 
 from __future__ import annotations
 
-import shutil
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.helpers.project import params_patched, ran_stages, run, tiny_project
+from tests.helpers.project import params_patched, ran_stages, run, start_repro
 
 pytestmark = pytest.mark.slow
 
@@ -34,27 +32,11 @@ BASELINE_OUTPUTS = [
 DOWNLOAD_OUTPUTS = ["reports/download.json", "data/images/cat/0.jpg", "data/images/dog/49.jpg"]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A tiny project after `dvc repro baseline` (download, split, prepare@48, baseline)."""
-    patch = {
-        "prepare": {"image_sizes": [48]},
-        "pretrained": {"bases": {"vgg16": {"image_size": 48}, "efficientnet_lite0": None}},
-    }
-    project = tiny_project(tmp_path_factory.mktemp("failed-repro"), patch)
-    run(["dvc", "repro", "baseline"], project)
-    return project
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from tests.helpers.servers import ArchiveServer
-
-    served = ArchiveServer(tmp_path_factory.mktemp("served"))
-    threading.Thread(target=served.serve_forever, args=(0.02,), daemon=True).start()
-    yield served
-    served.shutdown()
-    served.server_close()
+@pytest.fixture
+def project(project_copy) -> Path:
+    """A copy of the shared trained project (tests/helpers/trained.py) of this test's own, to
+    break one thing in: every stage ran once, so each output has a last good version."""
+    return project_copy
 
 
 def snapshot(project: Path, files: list[str]) -> dict[str, bytes]:
@@ -93,18 +75,9 @@ def test_a_training_stage_that_fails_keeps_its_outputs(project, how, patch, env)
 
 
 def test_a_killed_training_stage_keeps_its_outputs(project):
-    from tests.helpers.project import command_env
-
     before = snapshot(project, BASELINE_OUTPUTS)
     with params_patched(project, {"train": {"baseline": {"epochs": 40}}}):
-        dvc = subprocess.Popen(
-            ["dvc", "repro", "baseline"],
-            cwd=project,
-            env=command_env(),
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        dvc = start_repro(project, "baseline")
         deadline = time.monotonic() + 300
         while not list((project / ".checkpoints").glob("baseline-*/training_metadata.json")):
             assert dvc.poll() is None and time.monotonic() < deadline, dvc.stdout.read()
@@ -120,30 +93,31 @@ def test_a_killed_training_stage_keeps_its_outputs(project):
         dvc.communicate(timeout=120)
     assert dvc.returncode != 0
     assert snapshot(project, BASELINE_OUTPUTS) == before
-    shutil.rmtree(project / ".checkpoints")
 
 
-def test_a_download_that_fails_keeps_its_outputs(project, server):
+def test_a_download_that_fails_keeps_its_outputs(project, archive_server):
     before = snapshot(project, DOWNLOAD_OUTPUTS)
-    with params_patched(project, {"data": {"source": f"{server.url}/missing.zip"}}):
+    with params_patched(project, {"data": {"source": f"{archive_server.url}/missing.zip"}}):
         done = run(["dvc", "repro", "download"], project, check=False)
     assert done.returncode != 0 and "HTTP 404" in done.stderr
     assert snapshot(project, DOWNLOAD_OUTPUTS) == before
     assert run(["dvc", "status", "download"], project).stdout.strip().endswith("up to date.")
 
 
-def test_a_truncated_download_is_deleted_and_the_command_named_fetches_it_again(project, server):
-    archive = (project.parent / "sample.zip").read_bytes()
-    (server.directory / "sample.zip").write_bytes(archive[: len(archive) // 2])
-    with params_patched(project, {"data": {"source": f"{server.url}/sample.zip"}}):
+def test_a_truncated_download_is_deleted_and_the_command_named_fetches_it_again(
+    project, archive_server
+):
+    archive = Path(yaml.safe_load((project / "params.yaml").read_text())["data"]["source"])
+    archive = archive.read_bytes()
+    (archive_server.directory / "sample.zip").write_bytes(archive[: len(archive) // 2])
+    with params_patched(project, {"data": {"source": f"{archive_server.url}/sample.zip"}}):
         done = run(["dvc", "repro", "download"], project, check=False)
         [line] = error_lines(done)
         assert "the download is truncated or damaged and is deleted" in line
         assert not list((project / "data/downloads").glob("*sample.zip*"))
-        (server.directory / "sample.zip").write_bytes(archive)  # the source is good again
+        (archive_server.directory / "sample.zip").write_bytes(archive)  # the source is good again
         fetched = typed(named_command(line), project)
         assert ran_stages(fetched.stdout) == ["download"]
-    run(["dvc", "repro", "download"], project)  # back to the local archive
 
 
 def test_a_stage_whose_outputs_dvc_removed_names_the_checkout_that_restores_them(project):
@@ -191,7 +165,8 @@ def test_a_damaged_model_is_restored_by_the_command_its_message_names(project, t
 def test_the_project_reruns_a_changed_stage_and_is_then_up_to_date(project):
     """persist changes nothing of when a stage reruns: a changed param reruns it, then all is
     up to date."""
-    with params_patched(project, {"train": {"baseline": {"learning_rate": 2e-3}}}):
+    # a changed param (and a short training, where the first repro trained 3 epochs)
+    with params_patched(project, {"train": {"baseline": {"epochs": 1}}}):
         done = run(["dvc", "repro", "baseline"], project)
         assert ran_stages(done.stdout) == ["baseline"]
         assert run(["dvc", "status", "baseline"], project).stdout.strip().endswith("up to date.")
