@@ -2,9 +2,8 @@
 remote (push, clone, pull), and a stage whose output directory cannot be written. (The
 parallel sweep through the local DVC queue is tests/test_sweep.py's.)
 
-One tiny project (synthetic images, 2 epochs, VGG16 with random weights) whose data stages
-and `baseline` run once, in the module fixture; each test works on a copy of its own, so
-none depends on another having run (or not run) before it.
+Each test works on a copy of its own of the shared trained project (tests/helpers/trained.py),
+so none depends on another having run (or not run) before it.
 """
 
 from __future__ import annotations
@@ -16,14 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.project import (
-    ONLY_VGG16,
-    copy_project,
-    merge_patch,
-    ran_stages,
-    run,
-    tiny_project,
-)
+from tests.helpers.project import ran_stages, run
 from tests.helpers.servers import MlflowServer
 from tests.helpers.tracking import experiment_id, tracked_runs
 
@@ -39,26 +31,10 @@ def mlflow_server(tmp_path_factory):
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def reproduced(tmp_path_factory, mlflow_server):
-    # mlflow_server is requested here only so that its slow start-up overlaps the data stages.
-    root = tmp_path_factory.mktemp("scale-out")
-    models = ("baseline", "augmented", "features", "frozen_aug", "finetune")
-    two_epochs = {"train": {model: {"epochs": 2} for model in models}}
-    patch = {
-        "split": {"train": 16, "validation": 6, "test": 6},
-        **ONLY_VGG16,
-    }
-    project = tiny_project(root, merge_patch(two_epochs, patch), per_class=30, size=48)
-    result = run(["dvc", "repro", "baseline"], project)
-    assert ran_stages(result.stdout) == ["download", "split", "prepare@48", "baseline"]
-    return project
-
-
 @pytest.fixture
-def project(reproduced, tmp_path) -> Path:
-    """The reproduced project, copied for this test (seconds; `cp -a` keeps DVC's times)."""
-    return copy_project(reproduced, tmp_path / "project")
+def project(project_copy) -> Path:
+    """A copy of the shared trained project (tests/helpers/trained.py) of this test's own."""
+    return project_copy
 
 
 def commit(project: Path, message: str) -> None:
@@ -87,8 +63,7 @@ def test_dvc_remote_push_then_clone_and_pull(project, tmp_path):
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
     assert not (clone / "data/images").exists() and not (clone / "models/baseline.keras").exists()
-    # Plain `dvc pull` exits 1 here: the stages never reproduced (augmented, vgg16, report)
-    # have no lock entry, so their outputs are "missing". Pull what `baseline` needs.
+    # What `baseline` needs, not every model of the project.
     run(["dvc", "pull", "--with-deps", "baseline"], clone)
     for name in ("data/images", "data/prepared/48px", "models/baseline.keras"):
         original, restored = project / name, clone / name
@@ -112,14 +87,15 @@ def test_shared_tracking_server_and_unreachable_server(project, mlflow_server):
     mlflow_server.wait_healthy()
     env = {"MLFLOW_TRACKING_URI": mlflow_server.url}
     result = run(["python", "-m", "pipeline", "train", "baseline"], project, env=env)
-    assert "Epoch 2/2" in result.stdout
+    assert "Epoch 3/3" in result.stdout
 
     client = MlflowClient(tracking_uri=mlflow_server.url)
     (run_,) = tracked_runs(client)
     assert (run_.info.run_name, run_.info.status) == ("baseline", "FINISHED")
-    assert [m.step for m in client.get_metric_history(run_.info.run_id, "val_accuracy")] == [1, 2]
+    steps = [m.step for m in client.get_metric_history(run_.info.run_id, "val_accuracy")]
+    assert steps == [1, 2, 3]
     assert 0 <= run_.data.metrics["test_accuracy"] <= 1
-    assert run_.data.params["train.baseline.epochs"] == "2"
+    assert run_.data.params["train.baseline.epochs"] == "3"
     logged = client.search_logged_models([experiment_id(client)])
     assert [model.source_run_id for model in logged] == [run_.info.run_id]  # the MLflow Model
     assert "figures/curves.png" in {
@@ -182,6 +158,7 @@ def test_unwritable_models_dir_fails_the_stage_cleanly(project):
     ).unlink()  # in the cache; DVC would delete it before the stage anyway
     runs_before = {r.info.run_id for r in local_runs(project)}
     cache_before = cache_files(project)
+    models_before = sorted(p.name for p in models.iterdir())  # the other models, .gitignore
     how = _make_unwritable(models)
     if how is None:
         pytest.skip("cannot make a directory unwritable here (root, and no chattr +i)")
@@ -193,7 +170,7 @@ def test_unwritable_models_dir_fails_the_stage_cleanly(project):
 
     assert result.returncode != 0
     assert (
-        "Running stage 'baseline'" in result.stdout and "Epoch 2/2" in result.stdout
+        "Running stage 'baseline'" in result.stdout and "Epoch 3/3" in result.stdout
     )  # the stage itself failed
     assert "failed to reproduce 'baseline'" in result.stderr
     # One line: "error: cannot write models/baseline.keras: Permission denied (<temp file>)".
@@ -205,7 +182,7 @@ def test_unwritable_models_dir_fails_the_stage_cleanly(project):
     assert new[0].info.end_time
     # Nothing partial was cached or left behind; DVC still sees the stage as not done.
     assert cache_files(project) == cache_before
-    assert sorted(p.name for p in models.iterdir()) == [".gitignore"]
+    assert sorted(p.name for p in models.iterdir()) == models_before
     assert not [p for p in (project / "reports").rglob("*.tmp")]
     assert status.startswith("baseline:") and re.search(
         r"deleted:\s+models/baseline\.keras", status
