@@ -62,8 +62,9 @@ def test_lock_holds_both_builds_for_linux_x86_64():
     assert {c["group"] for c in lock["conflicts"][0]} == {"cpu", "gpu"}
     groups = project["dev-dependencies"]
     assert [d["name"] for d in groups["cpu"]] == ["tensorflow", "tensorflow-cpu"]
-    (gpu,) = groups["gpu"]
+    nvml, gpu = groups["gpu"]  # sorted by name
     assert (gpu["name"], gpu["extra"]) == ("tensorflow", ["and-cuda"])
+    assert nvml["name"] == "nvidia-ml-py"  # MLflow's GPU system metrics
     for name in ("tensorflow", "tensorflow-cpu"):
         assert packages[name]["version"] == "2.21.0"
         wheels = [w["url"] for w in packages[name]["wheels"]]

@@ -371,7 +371,11 @@ def test_a_model_logged_on_jax_loads_and_predicts_where_tensorflow_is_not(tmp_pa
 
 def _python(code: str, args: list[str], cwd: Path, env: dict) -> str:
     command = [sys.executable, "-c", code, *args]
-    result = subprocess.run(command, cwd=cwd, env=command_env(env), capture_output=True, text=True)
+    full = command_env(env)
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):  # an earlier test's store's
+        if name not in env:
+            full.pop(name, None)
+    result = subprocess.run(command, cwd=cwd, env=full, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout
 
