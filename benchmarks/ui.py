@@ -6,49 +6,20 @@ with metric columns, grouped by a param (the view docs/comparing.md shows for a 
         --column test_accuracy --group-by train.baseline.learning_rate \
         --out docs/images/sweep-grouped.png
 
-It runs `mlflow ui` in the project on a free 127.0.0.1 port and clicks what a user clicks
-(the controls are found by their labels, so a new MLflow release that renames one fails
-here, loudly). Chromium: `apt-get install chromium` (or --browser PATH).
+It serves the project's store (`mlflow server`: the UI `mlflow ui` serves) on a free
+127.0.0.1 port and clicks what a user clicks (the controls are found by their labels, so a
+new MLflow release that renames one fails here, loudly). Chromium: `apt-get install chromium` (or --browser PATH).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
-import time
+import tempfile
 from pathlib import Path
 
-from harness.servers import BIN, free_port
+from harness.servers import MlflowServer
 
 SEARCH_PLACEHOLDER = 'metrics.rmse < 1 and params.model = "tree"'  # MLflow's runs search box
-
-
-def mlflow_ui(project: Path, port: int) -> subprocess.Popen:
-    """`mlflow ui` on the project's default store, as the README starts it."""
-    return subprocess.Popen(
-        [str(BIN / "mlflow"), "ui", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=project,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        start_new_session=True,  # its own group: stopping it stops uvicorn's workers too
-    )
-
-
-def wait_up(url: str, timeout: float = 120) -> None:
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise SystemExit(f"mlflow ui at {url} did not answer within {timeout:.0f} s")
 
 
 def pick(page, button: str, text: str) -> None:
@@ -102,14 +73,14 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1500)
     parser.add_argument("--height", type=int, default=560)
     args = parser.parse_args()
-    port = free_port()
-    server = mlflow_ui(args.project, port)
-    try:
-        wait_up(f"http://127.0.0.1:{port}")
-        screenshot(f"http://127.0.0.1:{port}", args)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+    store = f"sqlite:///{args.project.resolve() / 'mlflow.db'}"  # what `mlflow ui` there reads
+    with tempfile.TemporaryDirectory() as work:  # the server's log, not in the project
+        server = MlflowServer(Path(work), store)
+        try:
+            server.wait_healthy()
+            screenshot(server.url, args)
+        finally:
+            server.stop()
     print(f"wrote {args.out}")
 
 

@@ -41,14 +41,16 @@ class MlflowServer:
     default --serve-artifacts), in its own process group so that stopping it stops uvicorn.
     It starts in the background: `wait_healthy` before the first request."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, store: str | None = None):
+        """Its log and artifacts under `root`; its runs in `store` (default: root's server.db)."""
         self.url = f"http://127.0.0.1:{free_port()}"
+        store = store or f"sqlite:///{root / 'server.db'}"
         self.artifacts = root / "server-artifacts"
         self.log = root / "server.log"
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
                 [str(BIN / "mlflow"), "server",
-                 "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+                 "--backend-store-uri", store,
                  "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
                  "--workers", "1", "--artifacts-destination", str(self.artifacts)],
                 cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
