@@ -63,7 +63,8 @@ def test_a_model_file_is_backend_free_both_ways(tmp_path):
 @pytest.mark.slow
 def test_data_parallel_on_two_cpu_devices_learns_as_one_device(tmp_path):
     """Keras' DataParallel over two of XLA's host devices (the mirrored strategy on JAX)
-    trains the tiny baseline as one device does, from the same seed and batches."""
+    trains the tiny baseline as one device does, from the same seed and batches, with sets
+    that end on a batch two devices cannot split as it is (dataset.py's ArrayBatches)."""
     env = backend_env(
         "jax",
         tmp_path,
@@ -77,6 +78,10 @@ def test_data_parallel_on_two_cpu_devices_learns_as_one_device(tmp_path):
     assert (two["tags"]["strategy"], two["tags"]["replicas"]) == ("DataParallel", "2")
     assert two["val_accuracy"][-1] >= 0.85  # chance is 0.5
     assert two["loss"] == pytest.approx(one["loss"], rel=DATA_PARALLEL_REL)
+    # the validation rows repeated for two devices weigh nothing: the scores of the 21 images
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=DATA_PARALLEL_REL)
+    assert two["val_accuracy"] == pytest.approx(one["val_accuracy"], abs=DATA_PARALLEL_ABS)
+    assert len(two["predictions"]) == len(one["predictions"]) == 21
     assert two["predictions"] == pytest.approx(one["predictions"], abs=DATA_PARALLEL_ABS)
 
 
@@ -187,6 +192,73 @@ def test_array_batches_shuffle_by_pass_and_stream_across_passes():
     features = pixels.reshape(25, -1).astype(np.float16)
     (x,) = ArrayBatches(features, None, 10, transform=lambda x: x * 2)[2]
     assert x.dtype == np.float16 and np.array_equal(x, features[20:] * 2)
+
+
+def test_array_batches_cut_or_fill_a_last_batch_for_the_devices():
+    """multiple=2 (DataParallel over two devices): training, a pass reads the largest even
+    number of its rows, other rows left out each pass, and resumes on the same batches;
+    evaluating, the last batch repeats its last row, weighted 0, the real rows weighted so
+    that Keras' loss (a batch's weighted sum over its row count) is their mean; predictions
+    cut the repeated rows off; multiple=1 is every batch as before."""
+    from pipeline.data.dataset import ArrayBatches, predictions
+
+    pixels = np.random.default_rng(0).integers(0, 256, (25, 4, 4, 3), dtype=np.uint8)
+    labels = np.arange(25)  # each row's label is its index
+    data = ArrayBatches(pixels, labels, 10, training=True, seed=3, multiple=2)
+    passes = []
+    for _ in range(3):
+        data.on_epoch_begin()
+        batches = [data[i] for i in range(len(data))]
+        assert [len(x) for x, _ in batches] == [10, 10, 4]
+        passes.append(np.concatenate([y for _, y in batches]).ravel().astype(int).tolist())
+        assert len(set(passes[-1])) == 24
+    assert len({frozenset(range(25)) - set(rows) for rows in passes}) > 1  # not one row always
+    resumed = ArrayBatches(pixels, labels, 10, training=True, seed=3, multiple=2).advanced(2, 0)
+    resumed.on_epoch_begin()
+    assert np.concatenate([resumed.rows(i) for i in range(3)]).tolist() == passes[2]
+    assert len(ArrayBatches(pixels[:21], labels[:21], 10, training=True, multiple=2)) == 2
+
+    evaluated = ArrayBatches(pixels, labels, 10, multiple=2)
+    batches = [evaluated[i] for i in range(len(evaluated))]
+    assert [len(x) for x, _, _ in batches] == [10, 10, 6]
+    x, y, weights = batches[-1]
+    assert y.ravel().tolist() == [20, 21, 22, 23, 24, 24]
+    assert np.array_equal(x[-1], x[-2]) and weights[-1] == 0 and weights[0] == np.float32(26 / 25)
+    loss = sum(float(np.sum(w * y.ravel())) for _, y, w in batches) / 26  # rows' value: label
+    assert loss == pytest.approx(np.mean(labels))
+    (x,) = ArrayBatches(pixels, None, 10, multiple=2)[2]
+    assert len(x) == 6
+
+    class Model:  # predicts each row's first pixel
+        def predict(self, dataset, verbose):
+            return np.concatenate([b[0][:, 0, 0, 0] for b in map(dataset.__getitem__, range(3))])
+
+    assert np.array_equal(predictions(Model(), evaluated), pixels[:, 0, 0, 0])
+    one = ArrayBatches(pixels, labels, 10, multiple=1)
+    assert [[len(part) for part in one[i]] for i in range(len(one))] == [[10, 10]] * 2 + [[5, 5]]
+    with pytest.raises(ValueError, match="batch size 10: 3 devices cannot split it"):
+        ArrayBatches(pixels, labels, 10, multiple=3)
+
+
+def test_a_batch_size_the_devices_cannot_split_is_refused_naming_its_param():
+    from pipeline.core import catalog
+    from pipeline.core.errors import PipelineError
+    from pipeline.training import runtime
+
+    def on(strategy):
+        return runtime.Runtime(strategy, "float32", "", True, "jax")
+
+    three = on(runtime.JaxStrategy("DataParallel", 3))
+    param = f"{catalog.KINDS['baseline'].section}.batch_size"
+    with pytest.raises(PipelineError) as refused:
+        runtime.check_batch_size(three, 20, param)
+    assert str(refused.value) == (
+        "params.yaml: train.baseline.batch_size is 20, which 3 devices cannot split evenly "
+        "(DataParallel on JAX); use a multiple of 3"
+    )
+    runtime.check_batch_size(three, 30, param)
+    runtime.check_batch_size(on(runtime.JaxStrategy("Default", 1)), 7, param)
+    assert catalog.MNIST_KINDS["mnist_convnet"].section == "mnist.convnet"
 
 
 def test_a_jax_process_also_exits_without_the_teardown():

@@ -48,6 +48,13 @@ class ModelKind:
     def classes(self) -> tuple[str, ...]:
         return CLASS_NAMES[self.task]
 
+    @property
+    def section(self) -> str:
+        """Its fit params' section of params.yaml: train.<name>, or mnist.<name less mnist_>."""
+        if self.task == "mnist":
+            return "mnist." + self.name.removeprefix("mnist_")
+        return f"train.{self.name}"
+
 
 # In the book's order.
 KINDS: dict[str, ModelKind] = {

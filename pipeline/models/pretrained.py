@@ -39,9 +39,9 @@ def head_on_pixels(
 def extract_features(
     extractor: keras.Model, images: np.ndarray, batch_size: int = 32
 ) -> np.ndarray:
-    from pipeline.data.dataset import image_batches
+    from pipeline.data.dataset import image_batches, predictions
 
-    return extractor.predict(image_batches(images, batch_size), verbose=2).astype(np.float32)
+    return predictions(extractor, image_batches(images, batch_size), verbose=2).astype(np.float32)
 
 
 def dense_head(input_dim: int, dense_units: int, dropout: float, name: str) -> keras.Model:

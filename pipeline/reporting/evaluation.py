@@ -190,7 +190,7 @@ def _write_and_log_classes(trained: TrainedModel, confusion) -> dict[str, float]
 
 
 def _predict(job, model) -> np.ndarray:
-    from pipeline.data.dataset import make_dataset  # a backend: only where a model predicts
+    from pipeline.data.dataset import make_dataset, predictions  # a backend: where one predicts
 
     x_test, y_test = job.data.test
-    return model.predict(make_dataset(x_test, y_test, job.fit.batch_size), verbose=0)
+    return predictions(model, make_dataset(x_test, y_test, job.fit.batch_size), verbose=0)

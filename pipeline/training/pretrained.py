@@ -193,7 +193,7 @@ def _bottom_activations(network, base: str, first_unfrozen: str, images, copies:
     records is the saved network's; the training copies go through the faster folded one."""
     import keras
 
-    from pipeline.data.dataset import image_batches
+    from pipeline.data.dataset import image_batches, predictions
     from pipeline.models.pretrained import folded_bottom, split_at
 
     exact = split_at(network, base, first_unfrozen)[0]
@@ -207,7 +207,7 @@ def _bottom_activations(network, base: str, first_unfrozen: str, images, copies:
 
     def clean(split):
         x, y = split
-        return exact.predict(image_batches(x, 32), verbose=2), y
+        return predictions(exact, image_batches(x, 32), verbose=2), y
 
     training = (activations, np.tile(y_train, copies))
     return Splits(training, clean(images.validation), clean(images.test))
@@ -217,12 +217,12 @@ def _augmented_passes(model, augment, images, copies: int, base: str, dtype) -> 
     """`model`'s outputs, as `dtype`, on `copies` augmented passes over `images` (through
     `augment`, training=True): the cached copies of both fast paths. One dataset serves
     every pass: the layer draws afresh each time (its seed generator's state moves on)."""
-    from pipeline.data.dataset import image_batches
+    from pipeline.data.dataset import image_batches, predictions
 
     n = len(images)
     outputs = np.empty((copies * n, *model.output_shape[1:]), dtype)
     dataset = image_batches(images, 32, lambda x: augment(x, training=True))
     for copy in range(copies):  # filled in place: a list then np.concatenate holds it twice
         print(f"augmented copy {copy + 1}/{copies} through {base}")
-        outputs[copy * n : (copy + 1) * n] = model.predict(dataset, verbose=2)
+        outputs[copy * n : (copy + 1) * n] = predictions(model, dataset, verbose=2)
     return outputs

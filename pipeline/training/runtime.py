@@ -177,6 +177,18 @@ def _jax_strategy(name: str) -> JaxStrategy:
     return JaxStrategy("DataParallel", len(devices))
 
 
+def check_batch_size(setup: Runtime, batch_size: int, param: str) -> None:
+    """Refuse a batch size that DataParallel cannot split: JAX shards every batch evenly
+    across the devices, and fails on each batch they do not divide (pipeline/data/dataset.py
+    trims or fills only a last partial batch)."""
+    devices = setup.strategy.num_replicas_in_sync
+    if isinstance(setup.strategy, JaxStrategy) and batch_size % devices:
+        raise PipelineError(
+            f"params.yaml: {param} is {batch_size}, which {devices} devices cannot split evenly "
+            f"(DataParallel on JAX); use a multiple of {devices}"
+        )
+
+
 def describe(runtime: Runtime) -> dict[str, str]:
     """Tags that say where a run trained."""
     strategy = runtime.strategy

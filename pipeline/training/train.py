@@ -30,7 +30,7 @@ from pipeline.core.catalog import TrainedModel
 from pipeline.core.errors import PipelineError, full_disk, full_disk_path, is_disk_full
 from pipeline.core.files import all_or_none, atomic_path, training_lock
 from pipeline.core.params import AugmentationParams, BaseParams, FitParams, RuntimeParams
-from pipeline.data.dataset import make_dataset
+from pipeline.data.dataset import make_dataset, predictions
 from pipeline.models.model_io import save_keras
 from pipeline.reporting import evaluation, plots
 from pipeline.serving import logged_model
@@ -124,6 +124,7 @@ def run(job: Job) -> dict:
         store.connect()  # before training: an unreachable server fails now, not in an hour
         store.close_stale_runs(job.stage)
         setup = runtime.setup(job.settings.runtime, job.settings.seed)
+        runtime.check_batch_size(setup, job.fit.batch_size, f"{job.model.kind.section}.batch_size")
         model = build(job, setup)
         timeline.mark("model_built")
         checkpoints = resume.checkpoint_dir(job.name, [job.logged_params(), job.tags()])
@@ -190,11 +191,13 @@ def compile_model(
     model: keras.Model, learning_rate: float, jit_compile: bool = False, classes: int = 2
 ) -> None:
     """RMSprop, as every model of the book's chapter; a sigmoid for two classes, a softmax
-    over integer labels for more (the book's categorical cross-entropy on one-hot labels)."""
+    over integer labels for more (the book's categorical cross-entropy on one-hot labels).
+    Accuracy is weighted: where ArrayBatches repeats rows to fill a last batch for several
+    devices, they weigh 0 (pipeline/data/dataset.py); no other dataset carries weights."""
     model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate),
         loss="binary_crossentropy" if classes == 2 else "sparse_categorical_crossentropy",
-        metrics=["accuracy"],
+        weighted_metrics=["accuracy"],
         jit_compile=jit_compile,
     )
 
@@ -257,7 +260,7 @@ def evaluate(job: Job, model: keras.Model, history: pd.DataFrame):
     test set: loss, accuracy and confusion matrix come from the same predictions
     (model.evaluate, then model.predict, ran the test set through the model twice)."""
     x_test, y_test = job.data.test
-    scores = model.predict(make_dataset(x_test, y_test, job.fit.batch_size), verbose=0)
+    scores = predictions(model, make_dataset(x_test, y_test, job.fit.batch_size), verbose=0)
     test_loss, test_accuracy = test_scores(model, y_test, scores)
     predicted = predicted_labels(scores)
     classes = len(job.model.kind.classes)
