@@ -41,6 +41,7 @@ def test_jax_trains_where_tensorflow_cannot_be_imported_and_resumes_on_the_same_
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_model_file_is_backend_free_both_ways(tmp_path):
     """A .keras file saved on TensorFlow predicts the same on JAX, and one saved on JAX the
     same on TensorFlow (the augmented convnet: its custom augmentation layer too)."""
@@ -61,6 +62,7 @@ def test_a_model_file_is_backend_free_both_ways(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_data_parallel_on_two_cpu_devices_learns_as_one_device(tmp_path):
     """Keras' DataParallel over two of XLA's host devices (the mirrored strategy on JAX)
     trains the tiny baseline as one device does, from the same seed and batches, with sets

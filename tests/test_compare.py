@@ -72,6 +72,7 @@ def trained(project):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_table_holds_mean_and_std_of_the_runs_that_count(trained):
     from pipeline.reporting.compare import run_compare
 
@@ -102,6 +103,7 @@ def test_table_holds_mean_and_std_of_the_runs_that_count(trained):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_filters_and_grouping_by_a_chosen_param(trained):
     from pipeline.reporting.compare import run_compare
 
@@ -144,6 +146,7 @@ def test_grouping_by_a_param_pools_the_others_and_says_so():
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_cli_writes_reports_and_logs_a_compare_run(trained, project):
     result = run([sys.executable, "-m", "pipeline", "compare", "--commit", "HEAD"], project)
     markdown = (project / "reports/compare.md").read_text()

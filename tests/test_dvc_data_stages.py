@@ -7,6 +7,7 @@ import pytest
 from tests.helpers.project import ran_stages, run, tiny_project, update_params
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_dvc_repro_data_stages(tmp_path):
     project = tiny_project(

@@ -74,6 +74,7 @@ def test_a_training_stage_that_fails_keeps_its_outputs(project, how, patch, env)
     assert run(["dvc", "status", "baseline"], project).stdout.strip().endswith("up to date.")
 
 
+@pytest.mark.extended
 def test_a_killed_training_stage_keeps_its_outputs(project):
     before = snapshot(project, BASELINE_OUTPUTS)
     with params_patched(project, {"train": {"baseline": {"epochs": 40}}}):
@@ -104,6 +105,7 @@ def test_a_download_that_fails_keeps_its_outputs(project, archive_server):
     assert run(["dvc", "status", "download"], project).stdout.strip().endswith("up to date.")
 
 
+@pytest.mark.extended
 def test_a_truncated_download_is_deleted_and_the_command_named_fetches_it_again(
     project, archive_server
 ):
@@ -120,6 +122,7 @@ def test_a_truncated_download_is_deleted_and_the_command_named_fetches_it_again(
         assert ran_stages(fetched.stdout) == ["download"]
 
 
+@pytest.mark.extended
 def test_a_stage_whose_outputs_dvc_removed_names_the_checkout_that_restores_them(project):
     before = snapshot(project, ["data/split.csv"])
     with params_patched(project, {"split": {"train": 10_000}}):
@@ -131,6 +134,7 @@ def test_a_stage_whose_outputs_dvc_removed_names_the_checkout_that_restores_them
     assert snapshot(project, ["data/split.csv"]) == before
 
 
+@pytest.mark.extended
 def test_a_damaged_model_is_restored_by_the_command_its_message_names(project, tmp_path):
     import numpy as np
 
@@ -162,6 +166,7 @@ def test_a_damaged_model_is_restored_by_the_command_its_message_names(project, t
     assert run(["dvc", "status", "baseline"], project).stdout.strip().endswith("up to date.")
 
 
+@pytest.mark.extended
 def test_the_project_reruns_a_changed_stage_and_is_then_up_to_date(project):
     """persist changes nothing of when a stage reruns: a changed param reruns it, then all is
     up to date."""

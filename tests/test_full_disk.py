@@ -343,6 +343,7 @@ def half_files(*folders: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_real_full_disk_fails_the_training_stage_and_freeing_space_lets_it_train(small_disk):
     """The project on a 30 MB tmpfs, its MLflow store on a 3 MB one: full at the first epoch's
     backup (h5py's words), then the store full (sqlite's). Each is one line and exit 1 and

@@ -247,6 +247,7 @@ def _photos(kind: str, n: int) -> np.ndarray:
         )
 
 
+@pytest.mark.extended
 @pytest.mark.slow  # 400 real photos through the full network at 224 px: half a minute
 def test_imagenet_top1_on_real_cat_and_dog_photos(full_model):
     """cat.0-199 / dog.0-199 at 224x224 -> ImageNet top-1 class family.

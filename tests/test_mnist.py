@@ -340,6 +340,7 @@ def test_the_report_gives_mean_std_noise_and_the_error_reduction(tmp_path, monke
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_dvc_repro_runs_the_mnist_pipeline_and_then_nothing(tmp_path, monkeypatch):
     """`dvc repro` of mnist/dvc.yaml up to its report, in a real project on synthetic digits:
     one seed, the dense network and the book's convnet (each stage is a process, ~10 s of

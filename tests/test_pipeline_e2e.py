@@ -218,6 +218,7 @@ def test_second_repro_runs_nothing(project_copy):
     assert ran_stages(run(["dvc", "repro"], project).stdout) == []
 
 
+@pytest.mark.extended
 def test_changing_visualize_params_reruns_only_the_visualize_stages(project_copy):
     project = project_copy
     """`dvc status` names the stages `dvc repro` would run; one of them is then run, to see
@@ -261,6 +262,7 @@ def test_unreachable_tracking_server_fails_before_training(project_copy):
     assert (project / "models/baseline.keras").stat().st_mtime_ns == before
 
 
+@pytest.mark.extended
 def test_exp_run_temp_logs_to_the_users_store(project_copy):
     project = project_copy
     _, before = mlflow_runs(project)
@@ -276,6 +278,7 @@ def test_exp_run_temp_logs_to_the_users_store(project_copy):
     assert not list((project / ".dvc/tmp").rglob("mlflow.db"))
 
 
+@pytest.mark.extended
 def test_changing_finetune_learning_rate_reruns_only_finetune_and_report(project_copy):
     project = project_copy
     update_params(project, {"train": {"finetune": {"learning_rate": 2e-5}}})
@@ -295,6 +298,7 @@ def test_changing_finetune_learning_rate_reruns_only_finetune_and_report(project
     }
 
 
+@pytest.mark.extended
 def test_removing_a_base_does_not_rerun_the_other(project_copy):
     project = project_copy
     update_params(project, ONLY_VGG16)

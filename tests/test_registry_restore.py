@@ -32,6 +32,7 @@ def champion_keras_file(client):
     return champion, repo.download_artifacts(keras)
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_damaged_champion_is_restored_by_the_command_predict_names(project_copy):
     project = project_copy

@@ -67,6 +67,7 @@ def output_hashes(project) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_forced_rerun_of_the_training_stages_writes_identical_bytes(project_copy):
     """The shared trained project has `deterministic: true`; a copy of it is rerun."""
     project = project_copy

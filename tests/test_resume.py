@@ -203,6 +203,7 @@ def kill_after_a_backup(project: Path, name: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.parametrize("name", list(FITS))
 def test_a_killed_deterministic_training_resumes_to_the_same_bytes(deterministic_project, name):
     from tests.helpers.project import run
@@ -224,6 +225,7 @@ def test_a_killed_deterministic_training_resumes_to_the_same_bytes(deterministic
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_hand_run_training_beside_dvc_repro_refuses_and_leaves_it_alone(deterministic_project):
     from tests.helpers.project import ran_stages, start_repro
 

@@ -109,6 +109,7 @@ def mlflow_tags(project: Path, run_name: str) -> dict:
     return found.data.tags
 
 
+@pytest.mark.extended
 @pytest.mark.parametrize("combination", COMBINATIONS)
 @pytest.mark.parametrize("model", MODELS)
 def test_model_trains_saves_and_reloads(trained, combination, model):

@@ -19,7 +19,7 @@ from tests.helpers.project import ran_stages, run
 from tests.helpers.servers import MlflowServer
 from tests.helpers.tracking import experiment_id, tracked_runs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 @pytest.fixture(scope="module")

@@ -112,6 +112,7 @@ def _peak_rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmHWM in /proc/{pid}/status")
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_served_model_refuses_large_and_bad_bodies_in_a_few_bytes_and_serves_on(served):
     url, _ = served
@@ -138,6 +139,7 @@ def test_served_model_refuses_large_and_bad_bodies_in_a_few_bytes_and_serves_on(
     assert _post(url, _photo_request("cat")).status_code == 200  # still serving
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads /proc")
 def test_memory_of_the_server_stays_bounded_under_concurrent_bad_bodies(served):

@@ -143,6 +143,7 @@ EDITED = [
 ]
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_an_edit_to_a_module_makes_stale_exactly_the_stages_that_run_it(project_copy):
     project = project_copy

@@ -503,6 +503,7 @@ def ray_head():
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.waits  # on the cluster's client server, which can take 2 minutes to answer
 @pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
@@ -579,6 +580,7 @@ def test_sweep_on_a_real_ray_cluster_survives_a_killed_task(tmp_path, ray_head):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_grid_sweep_on_the_local_queue_ranks_its_configurations_then_skips_them(tmp_path):
     """`python -m pipeline sweep` (--on local, the default) of 2 learning rates x 2 seeds of a
     1-epoch baseline: one queued DVC experiment per cell (`dvc exp run --queue`, `dvc queue

@@ -22,7 +22,7 @@ from tests.helpers.project import (
 )
 from tests.helpers.tracking import client_of, tracked_runs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 EPOCHS = 4  # three epochs of 40 steps after the first backup: time to signal the trainer
 
