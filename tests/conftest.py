@@ -11,6 +11,7 @@ import pytest
 
 from tests.helpers.project import NO_ANALYTICS, TrainedProject, copy_project
 from tests.helpers.servers import ArchiveServer
+from tests.helpers.tracking import new_stores_from_a_template
 from tests.helpers.trained import SharedBuild
 
 # the order the tests reach the xdist workers, and `--reverse`
@@ -68,6 +69,12 @@ def archive_server(tmp_path):
     yield server
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_store_template(tmp_path_factory):
+    """New MLflow stores in this process start migrated (tests/helpers/tracking.py)."""
+    new_stores_from_a_template(tmp_path_factory.mktemp("store-template"))
 
 
 @pytest.fixture(autouse=True)

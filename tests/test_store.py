@@ -16,22 +16,20 @@ from pipeline.tracking.store import EXPERIMENT
 from tests.helpers.project import ROOT, run
 from tests.helpers.tracking import client_of
 
-# One run with one artifact, logged by a stage's way into the store (store.connect).
-LOG_RUN = """
-import mlflow
-from pipeline.tracking import store
-
-store.connect()
-with mlflow.start_run() as active:
-    mlflow.log_text("hello", "note.txt")
-print(active.info.run_id)
-"""
-
-
 def _log_run(project: Path) -> str:
-    """The id of a run logged from `project` (cwd) into its own store."""
-    env = {"MLFLOW_TRACKING_URI": "", "MLFLOW_EXPERIMENT_NAME": EXPERIMENT}
-    return run([sys.executable, "-c", LOG_RUN], project, env=env).stdout.split()[-1]
+    """The id of a run logged from `project` (cwd) into its own store, by a stage's way
+    (store.connect), in this process."""
+    import mlflow
+
+    from pipeline.tracking import store
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(project)
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        store.connect()
+        with mlflow.start_run() as active:
+            mlflow.log_text("hello", "note.txt")
+    return active.info.run_id
 
 
 def _digest(path: Path) -> str:

@@ -41,3 +41,28 @@ def tracked_runs(where=None, name: str | None = None, newest_first: bool = False
         f"attributes.run_name = '{name}'" if name else "",
         order_by=[f"attributes.start_time {order}"],
     )
+
+
+def new_stores_from_a_template(folder: Path) -> None:
+    """Make every new sqlite store this process opens start as a copy of one store migrated
+    here once: MLflow otherwise runs its every schema migration on each new store, seconds
+    of a core each, and the in-process tests make dozens. Files only; other databases and
+    existing stores are MLflow's as before."""
+    import shutil
+
+    import sqlalchemy
+    from mlflow.store.db import utils
+
+    migrate = utils._initialize_tables
+    template = folder / "migrated.db"
+    migrate(sqlalchemy.create_engine(f"sqlite:///{template}"))
+
+    def initialize_tables(engine) -> None:
+        path = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
+        if not path or path == ":memory:" or Path(path).stat().st_size:
+            migrate(engine)
+            return
+        engine.dispose()  # the empty file sqlite made on connecting: replaced, reopened lazily
+        shutil.copyfile(template, path)
+
+    utils._initialize_tables = initialize_tables
