@@ -72,9 +72,10 @@ def archive_server(tmp_path):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def migrated_store_template(tmp_path_factory):
-    """New MLflow stores in this process start migrated (tests/helpers/tracking.py)."""
-    new_stores_from_a_template(tmp_path_factory.mktemp("store-template"))
+def migrated_store_template(tmp_path_factory) -> Path:
+    """New MLflow stores in this process start migrated (tests/helpers/tracking.py); a test
+    copies the template to where a child process will make its store."""
+    return new_stores_from_a_template(tmp_path_factory.mktemp("store-template"))
 
 
 @pytest.fixture(autouse=True)

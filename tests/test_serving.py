@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -345,12 +346,15 @@ print(json.dumps({
 """
 
 
-def test_a_model_logged_on_jax_loads_and_predicts_where_tensorflow_is_not(tmp_path):
+def test_a_model_logged_on_jax_loads_and_predicts_where_tensorflow_is_not(
+    tmp_path, migrated_store_template
+):
     pytest.importorskip("jax")
     from pipeline.models.model_io import load_keras
     from pipeline.serving.inference import classify
 
     env = jax_without_tensorflow(tmp_path / "blocked")
+    shutil.copyfile(migrated_store_template, tmp_path / "mlflow.db")
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env["KERAS_HOME"] = str(tmp_path / "keras_home")  # no keras.json naming a backend
     logged = _python(LOG_ON_JAX, [str(tmp_path / "tiny.keras")], tmp_path, env)

@@ -16,6 +16,7 @@ from pipeline.tracking.store import EXPERIMENT
 from tests.helpers.project import ROOT, run
 from tests.helpers.tracking import client_of
 
+
 def _log_run(project: Path) -> str:
     """The id of a run logged from `project` (cwd) into its own store, by a stage's way
     (store.connect), in this process."""

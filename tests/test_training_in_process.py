@@ -9,6 +9,7 @@ A failure shows its own traceback, not a failed `dvc repro`.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +113,7 @@ with pytest.MonkeyPatch.context() as patch:
 
 
 @pytest.fixture(scope="module", params=["tensorflow", "jax"])
-def trained(request, tmp_path_factory) -> Trained:
+def trained(request, tmp_path_factory, migrated_store_template) -> Trained:
     """Trained in this process on TensorFlow, or in a child on JAX (tests/helpers/backends.py):
     the same tests read either."""
     from mlflow import MlflowClient
@@ -125,6 +126,7 @@ def trained(request, tmp_path_factory) -> Trained:
         with pytest.MonkeyPatch.context() as patch:
             metrics = train_models(root, backend, patch)
     else:
+        shutil.copyfile(migrated_store_template, root / "mlflow.db")  # as this process's start
         run_child(IN_CHILD, backend_env(backend, root), timeout=600, args=[str(root)])
         metrics = json.loads((root / "metrics.json").read_text())
         assert metrics.pop("tensorflow") is False  # the training path needs none on JAX

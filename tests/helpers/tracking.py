@@ -43,11 +43,11 @@ def tracked_runs(where=None, name: str | None = None, newest_first: bool = False
     )
 
 
-def new_stores_from_a_template(folder: Path) -> None:
+def new_stores_from_a_template(folder: Path) -> Path:
     """Make every new sqlite store this process opens start as a copy of one store migrated
     here once: MLflow otherwise runs its every schema migration on each new store, seconds
     of a core each, and the in-process tests make dozens. Files only; other databases and
-    existing stores are MLflow's as before."""
+    existing stores are MLflow's as before. Returns the template, for a child process's store."""
     import shutil
 
     import sqlalchemy
@@ -66,3 +66,4 @@ def new_stores_from_a_template(folder: Path) -> None:
         shutil.copyfile(template, path)
 
     utils._initialize_tables = initialize_tables
+    return template
