@@ -447,18 +447,29 @@ def report(figures: dict) -> list[str]:
         ),  # fmt: skip
     ]
     if quick := figures.get("quick"):
-        rows = [[LABEL[b], q["stages_s"], q["wall_s"], q["load_before"], q["load_after"]]
-                for b, q in quick.items()]  # fmt: skip
-        parts += [
-            "## The quick run (`experiments/quick.args`, every stage, via `benchmarks.repro`)",
-            table(["backend", "stages s", "wall s", "load before", "load after"], rows),
-        ]
+        parts += quick_tables(quick)
     else:
         parts.append(
             "The whole quick run (`experiments/quick.args`) was not measured in this run "
             "(`--quick` adds it, once per backend)."
         )
     return parts
+
+
+def quick_tables(quick: dict) -> list[str]:
+    """The quick run's totals per backend, then each stage's seconds side by side."""
+    columns = ["stages s", "wall s", "neighbours' share", "load before", "load after"]
+    keys = ["stages_s", "wall_s", "neighbours_share", "load_before", "load_after"]
+    totals = [[LABEL[b], *[q[k] for k in keys]] for b, q in quick.items()]
+    tf, jax = quick.get("tensorflow", {}).get("stages", {}), quick.get("jax", {}).get("stages", {})
+    stages = [[name, tf.get(name), jax.get(name), ratio(jax.get(name), tf.get(name))]
+              for name in dict.fromkeys([*tf, *jax])]  # fmt: skip
+    return [
+        "## The quick run (`experiments/quick.args`, every stage, via `benchmarks.repro`)",
+        "Each backend's run in a fresh copy, one after the other (TF first), on the real photos.",
+        table(["backend", *columns], totals),
+        table(["stage", "TF s", "JAX s", "JAX/TF ratio"], stages),
+    ]
 
 
 def arguments():
