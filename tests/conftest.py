@@ -78,6 +78,19 @@ def migrated_store_template(tmp_path_factory) -> Path:
     return new_stores_from_a_template(tmp_path_factory.mktemp("store-template"))
 
 
+# what mlflow.set_tracking_uri and set_experiment write to os.environ, for child processes
+MLFLOW_ENVIRONMENT = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+
+@pytest.fixture(autouse=True)
+def no_inherited_mlflow_store(request, monkeypatch):
+    """The trained project's readers start processes (stages, `predict`) on its own store: none
+    of the MLflow variables that an in-process test of the same worker left in os.environ."""
+    if "trained_project" in request.fixturenames:
+        for name in MLFLOW_ENVIRONMENT:
+            monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(autouse=True)
 def float32_after_each_test():
     """Tests that train in-process set Keras' global dtype policy (mixed_precision: auto is

@@ -150,10 +150,11 @@ def test_finetune_cached_copies_trains_and_saves_the_whole_network(project, base
 
 def test_frozen_aug_cached_copies_feeds_finetune(project, capsys):
     """K augmented copies through the frozen base once, the head trained on their features,
-    and a saved model of the usual architecture that finetune continues from."""
+    and a saved model of the usual architecture that finetune continues from (the test above
+    fine-tunes one built as frozen_aug builds it)."""
     from pipeline.core import catalog
     from pipeline.models.model_io import load_keras
-    from pipeline.training.pretrained import base_weights, finetune, frozen_aug
+    from pipeline.training.pretrained import base_weights, frozen_aug
 
     base_weights(project, "vgg16")
     metrics = frozen_aug(project, "vgg16")
@@ -167,4 +168,7 @@ def test_frozen_aug_cached_copies_feeds_finetune(project, capsys):
     # the module's store (MLFLOW_TRACKING_URI): the newest of its frozen_aug runs
     run = tracked_runs(None, "frozen_aug-vgg16", newest_first=True)[0]
     assert run.data.params["train.frozen_aug.cached_copies"] == str(COPIES)
-    assert finetune(project, "vgg16")["epochs"] == FIT["epochs"]
+    built = saved_frozen_aug(project, "vgg16")  # as finetune's test gets it
+    assert [type(layer) for layer in network.layers] == [type(layer) for layer in built.layers]
+    finetune_from = project.pretrained.bases["vgg16"].finetune_from
+    assert network.get_layer("vgg16").get_layer(finetune_from).trainable is False  # frozen, there
