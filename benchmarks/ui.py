@@ -8,7 +8,8 @@ with metric columns, grouped by a param (the view docs/comparing.md shows for a 
 
 It serves the project's store (`mlflow server`: the UI `mlflow ui` serves) on a free
 127.0.0.1 port and clicks what a user clicks (the controls are found by their labels, so a
-new MLflow release that renames one fails here, loudly). Chromium: `apt-get install chromium` (or --browser PATH).
+new MLflow release that renames one fails here, loudly). Chromium: `apt-get install
+chromium` (or --browser PATH).
 """
 
 from __future__ import annotations

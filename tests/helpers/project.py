@@ -58,6 +58,10 @@ TINY_BASES = tuple(TINY_PARAMS["pretrained"]["bases"])
 TINY_MODELS = ["baseline", "augmented"] + [
     f"{m}-{b}" for m in ("features", "frozen_aug", "finetune") for b in TINY_BASES
 ]
+# the training stages of that `dvc repro`, by stage name
+TINY_TRAINING_STAGES = ["baseline", "augmented"] + [
+    f"{m}@{b}" for m in ("features", "frozen_aug", "finetune") for b in TINY_BASES
+]
 
 
 def tiny_project(root: Path, patch: dict | None = None, per_class: int = 50, size: int = 64):
