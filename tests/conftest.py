@@ -19,6 +19,11 @@ pytest_plugins = ["tests.run_order"]
 
 # and for the processes the tests start without command_env (the build, Ray, MLflow servers)
 os.environ.update(NO_ANALYTICS)
+# One thread per TensorFlow process, in the workers and every process they start: the workers
+# already fill the cores, and TensorFlow's pools, each sized to every core, spend what they
+# wait on a busy core spinning. A value set in the shell stays.
+for _pool in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+    os.environ.setdefault(_pool, "1")
 
 # CFS weight 335 against the build's 1024: the build gets the larger share of a core, and
 # the tests that wait beside it (the Ray sweep's) still get enough of theirs

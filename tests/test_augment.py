@@ -1,12 +1,13 @@
 """The book's ImageDataGenerator settings mean the same transforms here."""
 
-import keras
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from pipeline.core.params import AugmentationParams
-from pipeline.models.augment import BookAugmentation, augmentation, book_transforms
+
+# keras and pipeline.models (which imports it) are imported in the tests that use them, not at
+# collection in every worker
 
 
 def image_data_generator(image, theta, tx, ty, shear, zx, zy, flip):
@@ -43,6 +44,10 @@ def image_data_generator(image, theta, tx, ty, shear, zx, zy, flip):
     ],
 )
 def test_one_resampling_equals_image_data_generator(draw):
+    import keras
+
+    from pipeline.models.augment import book_transforms
+
     rng = np.random.default_rng(0)
     image = ndimage.zoom(
         rng.uniform(0, 255, (6, 5, 3)), (8, 8, 1), order=1
@@ -57,6 +62,8 @@ def test_one_resampling_equals_image_data_generator(draw):
 
 
 def test_zoom_scales_height_and_width_on_their_own():
+    from pipeline.models.augment import BookAugmentation
+
     # A horizontal and a vertical bar: a zoom keeping the aspect ratio scales both alike.
     image = np.zeros((1, 41, 41, 1), np.float32)
     image[0, 20, 10:31] = 255.0  # horizontal, 21 px, through the centre
@@ -70,6 +77,10 @@ def test_zoom_scales_height_and_width_on_their_own():
 
 
 def test_augmentation_is_off_outside_training_and_survives_saving(tmp_path):
+    import keras
+
+    from pipeline.models.augment import augmentation
+
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     inputs = keras.Input((32, 32, 3))
     model = keras.Model(inputs, augmentation(AugmentationParams(), seed=0)(inputs))

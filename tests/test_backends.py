@@ -20,12 +20,9 @@ CROSS_BACKEND_ABS = 1e-6
 DATA_PARALLEL_REL, DATA_PARALLEL_ABS = 1e-5, 1e-6
 
 
-def test_jax_trains_where_tensorflow_cannot_be_imported_and_resumes_on_the_same_batches(
-    tmp_path,
-):
-    record = call_in_child("learn_and_resume", tmp_path / "out.json", backend_env("jax", tmp_path))
+def test_jax_resumes_on_the_same_batches_where_tensorflow_cannot_be_imported(tmp_path):
+    record = call_in_child("resume_streams", tmp_path / "out.json", backend_env("jax", tmp_path))
     assert record["tensorflow_loaded"] is False
-    assert record["val_accuracy"][-1] >= 0.85  # chance is 0.5
     tags = record["tags"]
     assert (tags["backend"], tags["strategy"], tags["replicas"]) == ("jax", "Default", "1")
     assert tags["jit_compile"] == "true"  # Keras compiles every step on JAX

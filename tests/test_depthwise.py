@@ -3,19 +3,23 @@ compute what Keras' own layer computes, and leave nothing of themselves in a sav
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from pipeline.models.depthwise import float32_backward
 from pipeline.training.precision import BF16_CPU_FLAGS, this_cpu_flags
+
+# keras, tensorflow and pipeline.models (which imports keras) are imported in the functions
+# that use them, not at collection in every worker
 
 BF16_STEPS = 2 * 2.0**-7  # two bfloat16 rounding steps at the gradient's largest magnitude
 
 
 def twin_layers(stride: int, kernel: int, use_bias: bool):
     """Two bfloat16 DepthwiseConv2D layers with the same weights; the second one rerouted."""
+    import keras
+
+    from pipeline.models.depthwise import float32_backward
+
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     layers = [
         keras.layers.DepthwiseConv2D(
@@ -34,6 +38,8 @@ def twin_layers(stride: int, kernel: int, use_bias: bool):
 
 
 def forward_and_gradients(layer, x):
+    import tensorflow as tf
+
     inputs = tf.constant(x)
     with tf.GradientTape() as tape:
         tape.watch(inputs)
@@ -62,6 +68,8 @@ def test_same_outputs_and_gradients_as_keras_own_layer(stride, kernel):
 
 
 def test_bias_gradient_is_at_least_as_close_to_float32():
+    import keras
+
     keras_layer, rerouted = twin_layers(1, 3, use_bias=True)
     x = np.random.default_rng(2).normal(size=(4, 14, 14, 24)).astype("float32")
     _, grads_keras = forward_and_gradients(keras_layer, x)
@@ -79,6 +87,10 @@ def test_bias_gradient_is_at_least_as_close_to_float32():
 
 
 def test_float32_layers_are_left_alone():
+    import keras
+
+    from pipeline.models.depthwise import float32_backward
+
     keras.mixed_precision.set_global_policy("float32")
     layer = keras.layers.DepthwiseConv2D(3, padding="same")
     layer.build((None, 8, 8, 4))
@@ -87,6 +99,8 @@ def test_float32_layers_are_left_alone():
 
 
 def test_a_saved_model_holds_keras_own_layer(tmp_path):
+    import keras
+
     keras_layer, rerouted = twin_layers(1, 3, use_bias=False)
     inputs = keras.Input((14, 14, 24))
     model = keras.Model(inputs, rerouted(inputs))

@@ -99,7 +99,11 @@ def saved_frozen_aug(params, base: str):
     return network
 
 
-@pytest.mark.parametrize("base", ["vgg16", "efficientnet_lite0"])
+# VGG16's case runs the same code on a base of plain convolutions: the extended tier's
+EXTENDED = [pytest.mark.slow, pytest.mark.extended]
+
+
+@pytest.mark.parametrize("base", [pytest.param("vgg16", marks=EXTENDED), "efficientnet_lite0"])
 def test_finetune_cached_copies_trains_and_saves_the_whole_network(project, base, capsys):
     import keras
 

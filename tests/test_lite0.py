@@ -16,20 +16,28 @@ import os
 import zipfile
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
-from pipeline.models.efficientnet_lite0 import lite0
-from pipeline.models.efficientnet_lite0.torch_legacy import load_legacy_state_dict
+# keras and the port (pipeline.models imports keras) are imported in the functions that use
+# them, not at collection in every worker
 
 
 def preprocess_input(x):
     """What Lite0's weights expect of [0, 255] RGB: (x - 127) / 128."""
+    from pipeline.models.efficientnet_lite0 import lite0
+
     return np.asarray(x, np.float32) * lite0.PREPROCESS_SCALE + lite0.PREPROCESS_OFFSET
 
 
-PTH = lite0.default_pth_path()
+def pth() -> str:
+    """The ImageNet weights' .pth file, where the port finds it (a function, not a fixture: a
+    module-scoped one would group its tests on one xdist worker, tests/run_order.py)."""
+    from pipeline.models.efficientnet_lite0 import lite0
+
+    return lite0.default_pth_path()
+
+
 ZIP = Path(
     os.environ.get("DOGS_VS_CATS_ZIP")
     or Path(__file__).resolve().parents[1].parent / "shared/data/dogs-vs-cats-6000.zip"
@@ -41,14 +49,18 @@ DOG_CLASSES = range(151, 269)  # Chihuahua ... Mexican hairless
 
 @pytest.fixture(scope="module")
 def state_dict():
-    return load_legacy_state_dict(PTH)
+    from pipeline.models.efficientnet_lite0.torch_legacy import load_legacy_state_dict
+
+    return load_legacy_state_dict(pth())
 
 
 @pytest.fixture(scope="module")
 def full_model():
     """The 1000-class model with ImageNet weights, any input size (built once per module)."""
+    from pipeline.models.efficientnet_lite0 import lite0
+
     model = lite0.build_efficientnet_lite0(input_shape=(None, None, 3), include_top=True)
-    lite0.load_pth_weights(model, PTH)
+    lite0.load_pth_weights(model, pth())
     return model
 
 
@@ -60,6 +72,10 @@ def _count(weights) -> int:
 
 
 def test_architecture_parameter_counts_and_shapes():
+    import keras
+
+    from pipeline.models.efficientnet_lite0 import lite0
+
     full = lite0.build_efficientnet_lite0(include_top=True)
     notop = lite0.build_efficientnet_lite0()
     assert full.name == notop.name == "efficientnet_lite0"
@@ -99,6 +115,7 @@ def test_architecture_parameter_counts_and_shapes():
 
 def _reference_forward(sd, image):
     """Float64 NumPy forward pass with the PyTorch port's semantics (NCHW, explicit padding)."""
+    from pipeline.models.efficientnet_lite0 import lite0
 
     def conv(x, w, stride=1, depthwise=False):
         k = w.shape[-1]
@@ -147,6 +164,8 @@ def _reference_forward(sd, image):
 
 @pytest.mark.parametrize("height,width", [(64, 64), (65, 63), (97, 100)])
 def test_matches_numpy_reference_of_pytorch_port(full_model, state_dict, height, width):
+    import keras
+
     rng = np.random.default_rng(height * width)
     # Smooth random image (photos are smooth) plus noise, in [0, 255].
     image = rng.uniform(0, 255, (height // 8 + 1, width // 8 + 1, 3))
@@ -166,6 +185,10 @@ def test_matches_numpy_reference_of_pytorch_port(full_model, state_dict, height,
 
 
 def test_folded_batch_norm_gives_the_same_features_and_classes(full_model):
+    import keras
+
+    from pipeline.models.efficientnet_lite0 import lite0
+
     folded = lite0.fold_batch_norm(full_model)
     assert not [
         layer for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)
@@ -192,8 +215,12 @@ def test_folded_batch_norm_gives_the_same_features_and_classes(full_model):
 
 
 def test_load_pth_weights_reports_every_mismatch(monkeypatch, state_dict):
+    import keras
+
+    from pipeline.models.efficientnet_lite0 import lite0
+
     notop = lite0.build_efficientnet_lite0((64, 64, 3))
-    lite0.load_pth_weights(notop, PTH)  # the classifier keys are ignored without a top
+    lite0.load_pth_weights(notop, pth())  # the classifier keys are ignored without a top
 
     def patched(change):
         sd = dict(state_dict)
@@ -202,21 +229,21 @@ def test_load_pth_weights_reports_every_mismatch(monkeypatch, state_dict):
 
     patched(lambda sd: sd.update({"_extra.weight": np.zeros(3, np.float32)}))
     with pytest.raises(ValueError, match=r"not used.*_extra\.weight"):
-        lite0.load_pth_weights(notop, PTH)
+        lite0.load_pth_weights(notop, pth())
 
     patched(lambda sd: sd.pop("_blocks.3._bn1.running_var"))
     with pytest.raises(ValueError, match=r"lacks.*_blocks\.3\._bn1\.running_var.*block3a_bn"):
-        lite0.load_pth_weights(notop, PTH)
+        lite0.load_pth_weights(notop, pth())
 
     patched(lambda sd: sd.update({"_conv_head.weight": np.zeros((1280, 320, 3, 3), np.float32)}))
     with pytest.raises(ValueError, match="shape mismatch for 'top_conv'"):
-        lite0.load_pth_weights(notop, PTH)
+        lite0.load_pth_weights(notop, pth())
 
     monkeypatch.undo()
     inputs = keras.Input((8, 8, 3))
     stranger = keras.Model(inputs, keras.layers.Conv2D(4, 1, name="my_conv")(inputs))
     with pytest.raises(ValueError, match="'my_conv' has no counterpart"):
-        lite0.load_pth_weights(stranger, PTH)
+        lite0.load_pth_weights(stranger, pth())
 
 
 def test_preprocess_layer_is_the_tflite_normalisation():
@@ -285,10 +312,13 @@ def test_imagenet_top1_on_real_cat_and_dog_photos(full_model):
 def test_finetune_keeps_batch_norm_statistics_frozen(tmp_path):
     """After unfreeze_from, training moves the unfrozen convs but not the BN statistics,
     also for a model that went through save/load (where `training=False` is not honoured)."""
+    import keras
+
+    from pipeline.models.efficientnet_lite0 import lite0
     from pipeline.models.pretrained import unfreeze_from
 
     base = lite0.build_efficientnet_lite0((32, 32, 3))
-    lite0.load_pth_weights(base, PTH)  # real weights: random ones saturate ReLU6, zero gradients
+    lite0.load_pth_weights(base, pth())  # real weights: random ones saturate ReLU6, zero gradients
     inputs = keras.Input((32, 32, 3))
     outputs = keras.layers.Dense(1, activation="sigmoid")(
         keras.layers.GlobalAveragePooling2D()(base(inputs, training=False))

@@ -41,17 +41,20 @@ MODELS = ["baseline", "augmented"] + [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+# Function-scoped, as cheap: a test reading the trained project shares no module fixture, so
+# those tests spread over the workers once it is built (tests/run_order.py)
+@pytest.fixture
 def project(trained_project):
     """The shared trained project (tests/conftest.py): every model, both conv bases."""
     return trained_project.project
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
+@pytest.fixture
+def photos(tmp_path):
     """Held-out photos (a seed the training archive did not use) in the three formats, and
     their labels."""
-    folder = tmp_path_factory.mktemp("photos")
+    folder = tmp_path / "photos"
+    folder.mkdir()
     rng, labels = np.random.default_rng(99), {}
     for i in range(12):
         for label in ("cat", "dog"):
@@ -149,7 +152,8 @@ def test_pyfunc_loads_in_a_fresh_process_and_predicts_held_out_photos(project, p
 
 
 @pytest.fixture(scope="module")
-def server(project):
+def server(trained_project):
+    project = trained_project.project
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -17,10 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from pipeline.models.efficientnet_lite0.torch_legacy import (
-    UnsafePickleError,
-    load_legacy_state_dict,
-)
+
+def load_legacy_state_dict(path):
+    """The reader under test, imported when it is called: its package, pipeline.models,
+    imports keras, which no test module imports at collection (in every worker)."""
+    from pipeline.models.efficientnet_lite0.torch_legacy import load_legacy_state_dict
+
+    return load_legacy_state_dict(path)
+
 
 MAGIC = 0x1950A86A20F9469CFC6C
 SYS_INFO = {
@@ -183,6 +187,8 @@ def test_legacy_storage_view_metadata(tmp_path):
     [("os", "system"), ("builtins", "eval"), ("subprocess", "call"), ("torch", "load")],
 )
 def test_malicious_global_is_refused_and_not_called(tmp_path, where, module, name):
+    from pipeline.models.efficientnet_lite0.torch_legacy import UnsafePickleError
+
     marker = tmp_path / "pwned"
     payload = Reduce(Global(module, name), (f"touch {marker}",))
     state = {"w": contiguous("1", np.ones(2, np.float32))}

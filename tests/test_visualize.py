@@ -11,38 +11,27 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 
 from pipeline.core.catalog import KINDS, TrainedModel
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import FilterPatternParams, VisualizeParams, load_params
-from pipeline.models.augment import BookAugmentation
-from pipeline.models.bases import save_base_weights
-from pipeline.models.preprocess import Preprocess
-from pipeline.models.pretrained import (
-    dense_head,
-    extract_features,
-    feature_extractor,
-    frozen_base_model,
-    head_on_pixels,
-)
-from pipeline.models.scratch import build_convnet
-from pipeline.visualize import filters
-from pipeline.visualize.activations import activation_layer_names, activations
-from pipeline.visualize.anatomy import head_after_base
-from pipeline.visualize.gradcam import GradCam, peaks, upsample
-from pipeline.visualize.mistakes import balanced_sample, worst_mistakes
-from pipeline.visualize.stage import draw_mistakes, pattern_source
 from tests.helpers.project import ROOT, update_params
 from tests.helpers.synthetic import patch_images
+
+# keras, and pipeline.models and pipeline.visualize's modules (which import keras or mlflow),
+# are imported in the functions that use them, not at collection in every worker
 
 SIZE, PATCH = 64, 12
 
 
-def tiny_convnet() -> keras.Model:
+def tiny_convnet():
     """Three 'same' convs, so a map position sits over the same place of the picture."""
+    import keras
+
+    from pipeline.models.preprocess import Preprocess
+
     inputs = keras.Input((SIZE, SIZE, 3), name="pixels")
     x = Preprocess("unit")(inputs)
     for filters_ in (16, 32):
@@ -56,6 +45,8 @@ def tiny_convnet() -> keras.Model:
 
 @pytest.fixture(scope="module")
 def trained():
+    import keras
+
     keras.utils.set_random_seed(0)
     x_train, y_train, _ = patch_images(480, SIZE, PATCH, seed=1)
     x_test, y_test, boxes = patch_images(120, SIZE, PATCH, seed=2)
@@ -72,6 +63,8 @@ def test_the_model_learned_the_patches(trained):
 
 
 def test_gradcam_peaks_inside_the_patch(trained):
+    from pipeline.visualize.gradcam import GradCam, peaks, upsample
+
     model, images, labels, boxes, _ = trained
     gradcam = GradCam(model)
     assert gradcam.layer == "last_conv"
@@ -91,6 +84,10 @@ def test_gradcam_peaks_inside_the_patch(trained):
 
 def test_gradcam_of_a_mixed_precision_model(trained):
     """A model trained with train.runtime.mixed_precision: on computes in bfloat16."""
+    import keras
+
+    from pipeline.visualize.gradcam import GradCam
+
     model, images, *_ = trained
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -104,6 +101,12 @@ def test_gradcam_of_a_mixed_precision_model(trained):
 
 
 def test_mistakes_gallery_holds_the_misclassified_images_of_highest_loss(trained, tmp_path):
+    import keras
+
+    from pipeline.visualize.gradcam import GradCam
+    from pipeline.visualize.mistakes import worst_mistakes
+    from pipeline.visualize.stage import draw_mistakes
+
     model, images, labels, _, _ = trained
     noisy = labels.copy()
     noisy[::7] ^= 1  # wrong labels make confident mistakes
@@ -122,6 +125,8 @@ def test_mistakes_gallery_holds_the_misclassified_images_of_highest_loss(trained
 
 
 def test_balanced_sample_is_seeded_and_half_of_each_class():
+    from pipeline.visualize.mistakes import balanced_sample
+
     labels = np.array([0] * 30 + [1] * 5)
     sample = balanced_sample(labels, 16, seed=3)
     assert len(set(sample)) == 16 and labels[sample].sum() == 5  # every dog, the rest cats
@@ -131,6 +136,12 @@ def test_balanced_sample_is_seeded_and_half_of_each_class():
 
 
 def test_activations_have_their_layers_shapes():
+    import keras
+
+    from pipeline.models.augment import BookAugmentation
+    from pipeline.models.scratch import build_convnet
+    from pipeline.visualize.activations import activation_layer_names, activations
+
     model = build_convnet(64, 0.5, BookAugmentation(40.0, name="augmentation"))
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     shown = activations(model, image)
@@ -145,6 +156,8 @@ def test_activations_have_their_layers_shapes():
 
 
 def test_gradient_ascent_raises_each_filters_mean_activation(trained):
+    from pipeline.visualize import filters
+
     model, *_ = trained
     extractor = filters.layer_model(model, "last_conv", 48)  # any size: the convs take it
     start = filters.starting_images(extractor, 8, seed=0)
@@ -161,6 +174,21 @@ def test_gradient_ascent_raises_each_filters_mean_activation(trained):
 def test_gradcam_through_a_nested_conv_base(tmp_path, monkeypatch):
     """frozen_aug/finetune hold the base as a nested model; features-<base> is a head on
     cached features, rebuilt on the base. Tiny VGG16 with random weights."""
+    import keras
+
+    from pipeline.models.augment import BookAugmentation
+    from pipeline.models.bases import save_base_weights
+    from pipeline.models.pretrained import (
+        dense_head,
+        extract_features,
+        feature_extractor,
+        frozen_base_model,
+        head_on_pixels,
+    )
+    from pipeline.visualize.anatomy import head_after_base
+    from pipeline.visualize.gradcam import GradCam
+    from pipeline.visualize.stage import pattern_source
+
     monkeypatch.chdir(tmp_path)  # models/bases/vgg16.weights.h5 is read from the project root
     save_base_weights("vgg16", "random", seed=42)
     frozen = frozen_base_model(

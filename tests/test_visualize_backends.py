@@ -19,8 +19,6 @@ from tests.helpers import visual_backends
 from tests.helpers.project import ROOT, command_env
 from tests.helpers.visual_backends import jax_without_tensorflow, tiny_models
 
-pytest.importorskip("jax")
-
 FLOAT32 = {"heats": 1e-6, "upsampled": 1e-6, "p_dog": 1e-6, "filters": 1e-3}
 BFLOAT16 = {"heats": 0.02, "upsampled": 0.02, "p_dog": 2e-3}
 
@@ -28,7 +26,9 @@ BFLOAT16 = {"heats": 0.02, "upsampled": 0.02, "p_dog": 2e-3}
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     """{backend: {model: arrays}} of the three tiny models on TensorFlow (in this process)
-    and on JAX (in a child)."""
+    and on JAX (in a child). Every test takes it, so each skips where JAX is not installed
+    (checked here: importing jax at collection would cost every worker its import)."""
+    pytest.importorskip("jax")
     folder = tmp_path_factory.mktemp("backends")
     models = tiny_models(folder / "models")
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)

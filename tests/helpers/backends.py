@@ -98,24 +98,18 @@ def _recording(dataset):
     return dataset
 
 
-def learn_and_resume(out: Path) -> None:
-    """The tiny baseline trains on this backend (no TensorFlow needed), and a fit resumed after
-    two of four epochs (resume.resumed_data) reads the batches the uninterrupted fit read in
-    epochs three and four: for one pass an epoch and for a repeated stream."""
+def resume_streams(out: Path) -> None:
+    """On this backend (no TensorFlow needed), a fit resumed after two of four epochs
+    (resume.resumed_data) reads the batches the uninterrupted fit read in epochs three and
+    four: for one pass an epoch and for a repeated stream. With the runtime's description of
+    the baseline as train.py compiles it (that it learns on JAX: test_training_in_process)."""
     import keras
 
     from pipeline.data.dataset import make_dataset
     from pipeline.training import resume, runtime
 
-    (x, y), (xv, yv) = synthetic(60, 1), synthetic(20, 2)
-    model, setup = _baseline()
-    history = model.fit(
-        make_dataset(x, y, 10, training=True, seed=42),
-        validation_data=make_dataset(xv, yv, 10),
-        epochs=4,
-        shuffle=False,  # as train.fit
-        verbose=0,
-    )
+    x, y = synthetic(60, 1)
+    _, setup = _baseline()
     streams = {}
     for steps in (0, 4):
         fits = []
@@ -137,7 +131,6 @@ def learn_and_resume(out: Path) -> None:
             fits.append(recorded.read)
         streams[steps] = fits
     record = {
-        "val_accuracy": history.history["val_accuracy"],
         "tags": runtime.describe(setup),
         "streams": {str(k): v for k, v in streams.items()},
         "tensorflow_loaded": "tensorflow" in sys.modules,
