@@ -26,7 +26,9 @@ for _pool in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
     os.environ.setdefault(_pool, "1")
 
 # CFS weight 335 against the build's 1024: the build gets the larger share of a core, and
-# the tests that wait beside it (the Ray sweep's) still get enough of theirs
+# the tests that wait beside it (the Ray sweep's) still get enough of theirs. Where the kernel
+# groups processes by session (Linux's autogroup), the builder's own session gets a group's
+# share whatever the niceness.
 BUILD_HEADSTART_NICENESS = 5
 
 
@@ -52,7 +54,7 @@ def shared_build(request, tmp_path_factory) -> SharedBuild | None:
 @pytest.fixture(scope="session")
 def trained_project(shared_build, tmp_path_factory) -> TrainedProject:
     """The tiny real project (tests/helpers/project.py), `dvc repro`ed once per test run: every
-    stage, both conv bases, a real MLflow store. This worker's tests read one copy of it; a
+    stage on VGG16, a real MLflow store. This worker's tests read one copy of it; a
     test that changes it takes `project_copy` instead."""
     return shared_build.copy(tmp_path_factory.mktemp("trained") / "project")
 

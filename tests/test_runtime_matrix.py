@@ -7,7 +7,7 @@ Each combination trains the five models of one tiny synthetic project in one fre
 (tests/helpers/runtime_matrix_worker.py), through the stage functions `dvc repro` runs; each
 saved model is then loaded afresh and must score the test split exactly as the trained one did.
 The CPU's bfloat16 combination is the test run's trained project (tests/helpers/trained.py
-trains it with `mixed_precision: on`): every model of both bases, by `dvc repro`, is checked
+trains it with `mixed_precision: on`): every model it trained by `dvc repro` is checked
 the same way here, so no worker trains it a second time.
 """
 

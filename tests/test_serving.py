@@ -27,7 +27,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.files import read_metrics
 from pipeline.data import images
 from tests.helpers.photos import encoded, photo
-from tests.helpers.project import command_env, run
+from tests.helpers.project import TINY_MODELS, command_env, run
 from tests.helpers.servers import wait_until_up
 from tests.helpers.synthetic import corrupt_jpeg, jpeg_bytes, synthetic_image
 from tests.helpers.tiny_model import save_tiny_keras
@@ -35,17 +35,14 @@ from tests.helpers.tracking import client_of, experiment_id, store_uri, tracked_
 from tests.helpers.visual_backends import jax_without_tensorflow
 
 NAME = "dogs-vs-cats"
-MODELS = ["baseline", "augmented"] + [
-    f"{kind}-{base}" for kind in ("features", "frozen_aug", "finetune")
-    for base in ("vgg16", "efficientnet_lite0")
-]  # fmt: skip
+MODELS = TINY_MODELS  # the trained project's
 
 
 # Function-scoped, as cheap: a test reading the trained project shares no module fixture, so
 # those tests spread over the workers once it is built (tests/run_order.py)
 @pytest.fixture
 def project(trained_project):
-    """The shared trained project (tests/conftest.py): every model, both conv bases."""
+    """The shared trained project (tests/conftest.py): every model, on VGG16."""
     return trained_project.project
 
 

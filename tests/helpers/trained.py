@@ -1,8 +1,8 @@
 """The tiny trained project of a test run, built once however many xdist workers run.
 
-`dvc repro` of the tiny project is the slow tier's most expensive step (every stage of the
-pipeline, ~170 s on two quiet cores, most of it TensorFlow's import in 25 stage processes
-on one core). Each worker that has tests needing it starts a builder process as its session
+`dvc repro` of the tiny project is the slow tier's most expensive step and CI's critical
+path: every stage of the pipeline on one conv base, 17 stage processes in sequence, most of
+their time TensorFlow's, Keras' and MLflow's imports, on one core. Each worker that has tests needing it starts a builder process as its session
 begins (tests/conftest.py), so the build overlaps the tests that do not need it; the
 builders take one file lock, and the first to hold it builds while the others wait and find
 it done. tests/run_order.py hands the tests that need the project out last, so a worker
