@@ -5,6 +5,9 @@ activations as on TensorFlow (tests/helpers/visual_backends.py runs them on each
 Tolerances: float32 models agree to float32 rounding (heatmaps in [0, 1] within 1e-6;
 filter patterns, ~200 after five ascent steps, within 1e-3); the bfloat16 model within
 bfloat16's resolution (heatmaps 0.02, P(dog) 2e-3, filter patterns 0.5%).
+
+Extended tier: CI draws every figure on JAX under `dvc repro` (tests/test_backend_repro.py);
+this is the numbers' agreement with TensorFlow, a JAX child of its own.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import pytest
 from tests.helpers import visual_backends
 from tests.helpers.project import ROOT, command_env
 from tests.helpers.visual_backends import jax_without_tensorflow, tiny_models
+
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 FLOAT32 = {"heats": 1e-6, "upsampled": 1e-6, "p_dog": 1e-6, "filters": 1e-3}
 BFLOAT16 = {"heats": 0.02, "upsampled": 0.02, "p_dog": 2e-3}
