@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.files import read_metrics
-from tests.helpers.project import ONLY_VGG16, TINY_MODELS, run, tiny_project, update_params
+from tests.helpers.project import TINY_MODELS, run, tiny_project, update_params
 from tests.helpers.runtime_matrix_worker import reloaded_scores
 from tests.helpers.tracking import tracked_runs
 from tests.helpers.trained import BUILD_PATCH
@@ -74,7 +74,6 @@ def prepared(tmp_path_factory):
             **{model: batch_of_8 for model in ("baseline", "augmented", "features", "frozen_aug")},
             "finetune": {"batch_size": 8, "epochs": 1, "steps_per_epoch": 2},
         },
-        **ONLY_VGG16,
     }
     project = tiny_project(root, patch, per_class=40)
     run(["dvc", "repro", "prepare@32", "prepare@48"], project)

@@ -68,17 +68,22 @@ def synthetic(count: int, seed: int, size: int = 48) -> tuple[np.ndarray, np.nda
     return np.stack(images), labels.astype(np.int64)
 
 
-def _baseline(seed: int = 42, strategy: str = "default"):
-    """The book's convnet at 48 px, compiled as train.py compiles it, on this backend."""
+def _runtime(seed: int = 42, strategy: str = "default"):
+    """What train.py sets up on this backend before it builds a model."""
     import keras
 
     from pipeline.core.params import RuntimeParams
-    from pipeline.models.scratch import build_convnet
     from pipeline.training import runtime
+
+    return runtime.setup(RuntimeParams(backend=keras.backend.backend(), strategy=strategy), seed)
+
+
+def _baseline(seed: int = 42, strategy: str = "default"):
+    """The book's convnet at 48 px, compiled as train.py compiles it, on this backend."""
+    from pipeline.models.scratch import build_convnet
     from pipeline.training.train import compile_model
 
-    params = RuntimeParams(backend=keras.backend.backend(), strategy=strategy)
-    setup = runtime.setup(params, seed)
+    setup = _runtime(seed, strategy)
     with setup.strategy.scope():
         model = build_convnet(48, 0.0, None, "baseline")
         compile_model(model, 1e-3, setup.jit_compile)
@@ -102,14 +107,14 @@ def resume_streams(out: Path) -> None:
     """On this backend (no TensorFlow needed), a fit resumed after two of four epochs
     (resume.resumed_data) reads the batches the uninterrupted fit read in epochs three and
     four: for one pass an epoch and for a repeated stream. With the runtime's description of
-    the baseline as train.py compiles it (that it learns on JAX: test_training_in_process)."""
+    how train.py trains here (that it learns on JAX: test_training_in_process)."""
     import keras
 
     from pipeline.data.dataset import make_dataset
     from pipeline.training import resume, runtime
 
     x, y = synthetic(60, 1)
-    _, setup = _baseline()
+    setup = _runtime()
     streams = {}
     for steps in (0, 4):
         fits = []

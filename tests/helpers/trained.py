@@ -2,11 +2,12 @@
 
 `dvc repro` of the tiny project is the slow tier's most expensive step and CI's critical
 path: every stage of the pipeline on one conv base, 17 stage processes in sequence, most of
-their time TensorFlow's, Keras' and MLflow's imports, on one core. Each worker that has tests needing it starts a builder process as its session
-begins (tests/conftest.py), so the build overlaps the tests that do not need it; the
-builders take one file lock, and the first to hold it builds while the others wait and find
-it done. tests/run_order.py hands the tests that need the project out last, so a worker
-reaches them as late as it can; they then spread over every worker instead of queueing on one.
+their time TensorFlow's, Keras' and MLflow's imports, on one core. Each worker that has
+tests needing it starts a builder process as its session begins (tests/conftest.py), so the
+build overlaps the tests that do not need it; the builders take one file lock, and the first
+to hold it builds while the others wait and find it done. tests/run_order.py hands the tests
+that need the project out last, so a worker reaches them as late as it can; they then spread
+over every worker instead of queueing on one.
 
 The build is never changed afterwards: each worker reads a copy of its own
 (`trained_project`) and each test that changes it takes another (`project_copy`).
